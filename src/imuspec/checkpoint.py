@@ -1,0 +1,102 @@
+"""Reading Hugging Face checkpoint folders as they are, and loading state dicts with errors that name the key.
+
+Formats: ``model.safetensors``; sharded safetensors with ``model.safetensors.index.json``; ``pytorch_model.bin`` (or
+sharded with ``pytorch_model.bin.index.json``) through ``torch.load(weights_only=True)``, which refuses pickles that
+would run code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .model import Decoder, LlamaConfig, rope_inv_freq
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or state dict that does not match what the model expects."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _load_one(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle (only tensors are allowed): {e}") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
+    return sd
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder, whatever its layout (see the module docstring)."""
+    folder = Path(folder)
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index_name).exists():
+            weight_map = read_json(folder / index_name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{folder / index_name}: field 'weight_map' missing or not an object")
+            sd = {}
+            for shard in sorted(set(weight_map.values())):
+                sd.update(_load_one(folder / shard))
+            missing = sorted(set(weight_map) - set(sd))
+            if missing:
+                raise CheckpointError(f"{folder / index_name}: keys listed but not in their shard: {missing[:5]}")
+            return sd
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).exists():
+            return _load_one(folder / name)
+    raise CheckpointError(
+        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin or pytorch_model.bin.index.json)"
+    )
+
+
+def load_into(module: nn.Module, sd: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ()) -> None:
+    """Copy ``sd`` into ``module``; every missing, unexpected or mis-shaped key is an error naming it.
+
+    ``optional`` keys may be absent (a tied LM head); ``source`` names the checkpoint in messages.
+    """
+    own = module.state_dict()
+    problems = [f"missing key {k!r} (expected shape {tuple(v.shape)})" for k, v in own.items() if k not in sd and k not in optional]
+    problems += [f"unexpected key {k!r} (shape {tuple(v.shape)})" for k, v in sd.items() if k not in own]
+    problems += [
+        f"key {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise CheckpointError(f"{source}: " + "; ".join(problems[:10]) + more)
+    module.load_state_dict(sd, strict=False)
+
+
+def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:
+    """A :class:`Decoder` from a Hugging Face LLaMA folder (``config.json`` + weights)."""
+    folder = Path(folder)
+    cfg = LlamaConfig.from_hf(read_json(folder / "config.json"))
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    model = model.to_empty(device="cpu")
+    model.inv_freq.copy_(rope_inv_freq(cfg))  # buffers are not in the checkpoint: recompute them
+    sd = load_state_dict(folder)
+    optional = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+    load_into(model, sd, str(folder), optional)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device=device, dtype=dtype)

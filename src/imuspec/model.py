@@ -1,0 +1,265 @@
+"""A compact LLaMA-family decoder with a static, preallocated KV cache.
+
+Module and parameter names follow Hugging Face's ``LlamaForCausalLM`` so that checkpoints load by name, without a
+key map. The cache is written at explicit slots and read through a mask, so a forward of T tokens after L cached ones
+attends to [0, L+T), rollback is setting the length back, and a token tree can be verified by passing its positions
+and its own T×T mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "linear"|"llama3", "factor": ..., ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    extra: dict = field(default_factory=dict, repr=False)  # keys of config.json we do not use
+
+    def __post_init__(self):
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ("default", "linear", "llama3"):
+                raise ValueError(f"rope_scaling type {kind!r} is not supported (known: default, linear, llama3)")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> LlamaConfig:
+        """Read a Hugging Face ``config.json`` dict, old (rope_theta/rope_scaling) or new (rope_parameters) style."""
+        d = dict(d)
+        rope = d.pop("rope_parameters", None)
+        if rope:
+            rope = dict(rope)
+            d["rope_theta"] = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+            if rope.get("rope_type", rope.get("type", "default")) != "default":
+                d["rope_scaling"] = rope
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported (LLaMA uses 'silu')")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+    def to_hf(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**self.extra, **d, "model_type": "llama", "hidden_act": "silu"}
+
+    @property
+    def eos_ids(self) -> list[int]:
+        e = self.eos_token_id
+        return [] if e is None else [e] if isinstance(e, int) else list(e)
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> Tensor:
+    """Inverse RoPE frequencies with HF's default, ``linear`` and ``llama3`` scaling rules."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    s = cfg.rope_scaling or {}
+    kind = s.get("rope_type", s.get("type", "default"))
+    if kind == "linear":
+        return inv_freq / s["factor"]
+    if kind == "llama3":
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values [B, H_kv, S, D]; ``length[b]`` is how many slots of row b are valid."""
+
+    def __init__(self, batch: int, n_kv: int, max_len: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def write(self, slots: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v [B, H, T, D] at ``slots`` [B, T] and return the whole cache."""
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        self.k[rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
+        self.q_proj = nn.Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=cfg.attention_bias)
+        self.n_head, self.n_kv, self.head_dim = h, kv, d
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k, v = self.kv_cache.write(slots, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, slots, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Decoder(nn.Module):
+    """LLaMA decoder + LM head; parameters named as in ``LlamaForCausalLM`` (``model.*``, ``lm_head.weight``).
+
+    Call :meth:`setup_cache` once, then :meth:`forward` with token ids [B, T] or embeddings [B, T, H]. Each forward
+    appends at ``length`` and advances it; :meth:`rollback` moves it back.
+    """
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaBody(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self.register_buffer("length", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.max_len = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def setup_cache(self, max_len: int, batch: int = 1) -> None:
+        """Allocate the KV cache for ``batch`` rows of up to ``max_len`` tokens; lengths start at 0."""
+        c = self.config
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, self.dtype, self.device)
+        self.length = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.max_len = max_len
+
+    def rollback(self, length: int | Tensor) -> None:
+        """Forget every cached slot from ``length`` on (per row if a tensor). O(1): nothing is copied."""
+        self.length.fill_(length) if isinstance(length, int) else self.length.copy_(length)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.model.embed_tokens(ids)
+
+    def forward(
+        self,
+        ids: Tensor | None = None,
+        embeds: Tensor | None = None,
+        positions: Tensor | None = None,
+        tree_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Run T new tokens at cache slots [L, L+T) and return logits [B, T, V] (float32).
+
+        ``positions`` [B, T] are the RoPE positions (default: the slots); ``tree_mask`` [B, T, T] says which new
+        tokens see which (default: causal). Every new token sees all L cached ones.
+        """
+        x = self.embed(ids) if embeds is None else embeds.to(self.dtype)
+        b, t, _ = x.shape
+        if self.max_len == 0:
+            raise RuntimeError("call setup_cache(max_len) before forward")
+        start = self.length[:, None]  # [B, 1]
+        slots = start + torch.arange(t, device=x.device)
+        if positions is None:
+            positions = slots
+        key = torch.arange(self.max_len, device=x.device)
+        if tree_mask is None:
+            mask = key <= slots[:, :, None]  # [B, T, S]: the cached prefix and the causal part of the new block
+        else:
+            rel = key - start  # [B, S], offset of each slot within the new block
+            inside = (rel >= 0) & (rel < t)
+            mask = (rel < 0)[:, None, :] | (
+                inside[:, None, :] & tree_mask.gather(-1, rel.clamp(0, t - 1)[:, None, :].expand(b, t, -1))
+            )
+        freqs = positions[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype)[:, None], emb.sin().to(x.dtype)[:, None]
+        mask = mask[:, None]
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, slots, mask)
+        self.length += t
+        return self.lm_head(self.model.norm(x)).float()

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig as HFLlamaConfig
+from transformers import LlamaForCausalLM
+
+from imuspec.model import Decoder, LlamaConfig
+
+FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
+
+
+def fixture_path(*parts: str) -> Path:
+    """A file under ../shared/fixtures, or skip the test saying which one is missing."""
+    p = FIXTURES.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real fixture {p} is absent (the ../shared/fixtures folder ships beside the repo in CI)")
+    return p
+
+
+TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+CONFIGS = {
+    "mha": dict(TINY),
+    "gqa": dict(TINY, num_key_value_heads=2),
+    "tied": dict(TINY, num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3": dict(
+        TINY,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=16),
+    ),
+    "linear": dict(TINY, rope_scaling=dict(rope_type="linear", factor=4.0)),
+}
+
+
+def hf_pair(name: str, seed: int = 0) -> tuple[LlamaForCausalLM, Decoder]:
+    """A random HF LlamaForCausalLM and our Decoder built from its config.json dict with the same weights."""
+    kw = dict(CONFIGS[name])
+    scaling = kw.pop("rope_scaling", None)
+    torch.manual_seed(seed)
+    hf_cfg = HFLlamaConfig(**kw, rope_parameters={"rope_theta": kw.get("rope_theta", 10000.0), **(scaling or {"rope_type": "default"})})
+    hf = LlamaForCausalLM(hf_cfg).eval()
+    ours = Decoder(LlamaConfig.from_hf(hf_cfg.to_dict()))
+    ours.load_state_dict(hf.state_dict(), strict=False)
+    return hf, ours.eval()
