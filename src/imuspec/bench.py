@@ -1,0 +1,148 @@
+"""``imuspec bench engine``: our AR and speculative decoding against transformers' ``generate`` and
+``generate(assistant_model=...)`` on the same controlled-agreement weights, in one run."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .model import Decoder
+from .sampling import Sampling
+from .speculative import Generation, GenerationConfig, generate
+from .synthetic import agreement, calibrate, controlled_pair, n_params, parse_shape
+
+
+def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Expected wall-time gain over AR: (1 − α^(γ+1)) / ((1 − α)(γc + 1)) (Leviathan et al. 2023, Thm 3.8)."""
+    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    return tokens / (gamma * c + 1)
+
+
+def to_hf(model: Decoder):
+    """transformers' LlamaForCausalLM sharing our parameters (no copy)."""
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    cfg = model.config
+    rope = {"rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {"rope_type": "default"})}
+    hf_cfg = HFConfig(**{k: v for k, v in cfg.to_hf().items() if k not in ("rope_theta", "rope_scaling")},
+                      rope_parameters=rope)
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(hf_cfg)
+    hf.load_state_dict(model.state_dict(), assign=True, strict=True)
+    with model.device:  # its RoPE buffer is not a parameter: rebuild it off the meta device
+        hf.model.rotary_emb = type(hf.model.rotary_emb)(hf_cfg)
+    return hf.eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _hf_generate(hf, prompt: torch.Tensor, n: int, assistant=None, gamma: int = 0) -> tuple[list[int], float]:
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    if assistant is not None:
+        assistant.generation_config.num_assistant_tokens = gamma
+        assistant.generation_config.num_assistant_tokens_schedule = "constant"
+        assistant.generation_config.assistant_confidence_threshold = 0.0
+        kw["assistant_model"] = assistant
+    _sync(prompt.device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(prompt[None], **kw)
+    _sync(prompt.device)
+    return out[0, len(prompt):].tolist(), time.perf_counter() - t
+
+
+def bench_engine(
+    target_shape: str = "cpu-100m",
+    draft_shape: str = "cpu-5m",
+    eps: float | None = None,
+    alpha: float = 0.8,
+    gamma: int = 4,
+    prompt_len: int = 64,
+    new_tokens: int = 128,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    hf: bool = True,
+) -> dict:
+    """One run on one set of weights; ε is calibrated to greedy agreement ``alpha`` unless given."""
+    dev = torch.device(device)
+    t_cfg, d_cfg = parse_shape(target_shape), parse_shape(draft_shape)
+    target, draft = controlled_pair(t_cfg, d_cfg, eps if eps is not None else 0.05, seed, dev, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    prompt = torch.randint(3, t_cfg.vocab_size, (prompt_len,), generator=gen).to(dev)
+    for m in (target, draft):
+        m.setup_cache(prompt_len + new_tokens + gamma + 1)
+    if eps is None:
+        eps = calibrate(target, draft, 0.05, alpha, torch.randint(3, t_cfg.vocab_size, (prompt_len + new_tokens,), generator=gen).to(dev))
+    cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed)
+    warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma)
+    generate(target, prompt, warm)
+    generate(target, prompt, warm, draft, prompt)
+
+    ar: Generation = generate(target, prompt, cfg)
+    spec: Generation = generate(target, prompt, cfg, draft, prompt)
+    s = spec.stats
+    t_step = ar.stats.target_s / ar.stats.steps
+    d_step = s.draft_s / sum(s.drafted_per_step)
+    c = d_step / t_step
+    predicted = leviathan_speedup(s.alpha_token, gamma, c)
+    measured = s.tokens_per_s / ar.stats.tokens_per_s
+    r = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "dtype": str(dtype).removeprefix("torch."),
+        "target_shape": target_shape, "target_params": n_params(t_cfg),
+        "draft_shape": draft_shape, "draft_params": n_params(d_cfg),
+        "eps": eps, "teacher_forced_agreement": agreement(target, draft, prompt),
+        "gamma": gamma, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "ar_tokens_per_s": ar.stats.tokens_per_s,
+        "spec_tokens_per_s": s.tokens_per_s,
+        "identical_to_ar": spec.tokens == ar.tokens,
+        "alpha": s.alpha, "alpha_token": s.alpha_token, "tau": s.tau,
+        "target_step_ms": 1e3 * t_step, "draft_step_ms": 1e3 * d_step, "c": c,
+        "verify_step_ms": 1e3 * s.target_s / s.steps,  # Leviathan assumes this equals target_step_ms
+        "speedup": measured, "predicted_speedup": predicted, "measured_over_predicted": measured / predicted,
+    }
+    if hf:
+        hf_t, hf_d = to_hf(target), to_hf(draft)
+        _hf_generate(hf_t, prompt, 2)  # warm-up
+        hf_tokens, hf_s = _hf_generate(hf_t, prompt, new_tokens)
+        hf_a_tokens, hf_a_s = _hf_generate(hf_t, prompt, new_tokens, hf_d, gamma)
+        r.update({
+            "hf_generate_tokens_per_s": new_tokens / hf_s,
+            "hf_assisted_tokens_per_s": new_tokens / hf_a_s,
+            "hf_identical_to_ours": hf_tokens == ar.tokens and hf_a_tokens == ar.tokens,
+            "spec_over_hf_generate": s.tokens_per_s * hf_s / new_tokens,
+            "spec_over_hf_assisted": s.tokens_per_s * hf_a_s / new_tokens,
+        })
+    return r
+
+
+def format_table(r: dict) -> str:
+    rows = [
+        ("device", r["device"] + " " + r["dtype"]),
+        ("target / draft", f"{r['target_shape']} ({r['target_params'] / 1e6:.1f}M) / {r['draft_shape']} ({r['draft_params'] / 1e6:.1f}M)"),
+        ("eps, gamma", f"{r['eps']:.4g}, {r['gamma']}"),
+        ("prompt, new tokens", f"{r['prompt_len']}, {r['new_tokens']}"),
+        ("ours AR tokens/s", f"{r['ar_tokens_per_s']:.1f}"),
+        ("ours speculative tokens/s", f"{r['spec_tokens_per_s']:.1f}  (identical to AR: {r['identical_to_ar']})"),
+        ("alpha (kept/drafted)", f"{r['alpha']:.3f}"),
+        ("alpha per token (Leviathan)", f"{r['alpha_token']:.3f}"),
+        ("tau (tokens per target forward)", f"{r['tau']:.2f}"),
+        ("c (draft step / target step)", f"{r['c']:.4f}  ({r['draft_step_ms']:.2f} / {r['target_step_ms']:.2f} ms)"),
+        ("verify step (gamma+1 tokens)", f"{r['verify_step_ms']:.2f} ms  ({r['verify_step_ms'] / r['target_step_ms']:.2f}x a one-token step)"),
+        ("speed-up over our AR", f"{r['speedup']:.2f}x"),
+        ("Leviathan predicted", f"{r['predicted_speedup']:.2f}x  (measured/predicted {r['measured_over_predicted']:.2f})"),
+    ]
+    if "hf_generate_tokens_per_s" in r:
+        rows += [
+            ("HF generate tokens/s", f"{r['hf_generate_tokens_per_s']:.1f}  (ours speculative {r['spec_over_hf_generate']:.2f}x)"),
+            ("HF assisted tokens/s", f"{r['hf_assisted_tokens_per_s']:.1f}  (ours speculative {r['spec_over_hf_assisted']:.2f}x)"),
+            ("HF output identical to ours", str(r["hf_identical_to_ours"])),
+        ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
