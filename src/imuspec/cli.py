@@ -1,0 +1,120 @@
+"""The ``imuspec`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(name: str | None) -> str:
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .checkpoint import load_decoder
+    from .sampling import Sampling
+    from .speculative import GenerationConfig, generate
+    from .templates import Tokenizer, get_template
+
+    template = get_template(a.template) if a.template else None  # unknown names fail before any loading
+    dev, dtype = _device(a.device), DTYPES[a.dtype]
+    tok = Tokenizer(a.target)
+    text = template.prompt(a.prompt) if template else a.prompt
+    prompt = torch.tensor(tok.encode(text, bos=True), device=dev)
+    target = load_decoder(a.target, dtype, dev)
+    draft = load_decoder(a.draft, dtype, dev) if a.draft else None
+    cfg = GenerationConfig(
+        max_new_tokens=a.max_new_tokens,
+        gamma=a.gamma,
+        sampling=Sampling(a.temperature, a.top_k, a.top_p),
+        seed=a.seed,
+        eos_token_ids=tuple(target.config.eos_ids),
+    )
+    need = len(prompt) + cfg.max_new_tokens + cfg.gamma + 1
+    limit = target.config.max_position_embeddings
+    if need > limit:
+        raise ValueError(
+            f"the prompt is {len(prompt)} tokens; with --max-new-tokens {a.max_new_tokens} and "
+            f"--gamma {a.gamma} it needs {need} positions, more than the target's max_position_embeddings {limit}"
+        )
+    for m in (target, draft) if draft else (target,):
+        m.setup_cache(need)
+    g = generate(target, prompt, cfg, draft, prompt if draft else None)
+    text = tok.decode(g.tokens)
+    if a.json:
+        s = g.stats.to_dict()
+        keys = ("steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
+        print(json.dumps({"text": text, "token_ids": g.tokens, "stats": {k: s[k] for k in keys}}))
+    else:
+        print(text)
+        st = g.stats
+        alpha = f"alpha {st.alpha:.3f}, " if st.alpha is not None else ""
+        print(f"[{st.n_tokens} tokens, {st.steps} target steps, {alpha}tau {st.tau or 0:.2f}, "
+              f"{st.tokens_per_s:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_engine(a: argparse.Namespace) -> int:
+    from .bench import bench_engine, format_table
+
+    r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
+                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf)
+    print(json.dumps(r, indent=1) if a.json else format_table(r))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imuspec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="decode with a target, speculatively when a draft is given")
+    g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
+    g.add_argument("--draft", help="draft model folder (same vocabulary); without it the target decodes alone")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--template", help="conversation template (vicuna_v1, llava_v1, eventgpt_v1, v1); default: none")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    e = bsub.add_parser("engine", help="ours vs transformers on a controlled-agreement pair")
+    e.add_argument("--target-shape", default="cpu-100m", help="preset or key=value list (layers, hidden, heads, kv, ff, vocab)")
+    e.add_argument("--draft-shape", default="cpu-5m")
+    e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
+    e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
+    e.add_argument("--gamma", type=int, default=4)
+    e.add_argument("--prompt-len", type=int, default=64)
+    e.add_argument("--new-tokens", type=int, default=128)
+    e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    e.add_argument("--dtype", choices=DTYPES, default="float32")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_bench_engine)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
