@@ -45,7 +45,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _hf_generate(hf, prompt: torch.Tensor, n: int, assistant=None, gamma: int = 0) -> tuple[list[int], float]:
+def hf_generate(hf, prompt: torch.Tensor, n: int, assistant=None, gamma: int = 0) -> tuple[list[int], float]:
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # its deprecation notices about min_new_tokens are not ours to fix
@@ -119,9 +119,9 @@ def bench_engine(
     }
     if hf:
         hf_t, hf_d = to_hf(target), to_hf(draft)
-        _hf_generate(hf_t, prompt, 2)  # warm-up
-        hf_tokens, hf_s = _hf_generate(hf_t, prompt, new_tokens)
-        hf_a_tokens, hf_a_s = _hf_generate(hf_t, prompt, new_tokens, hf_d, gamma)
+        hf_generate(hf_t, prompt, 2)  # warm-up
+        hf_tokens, hf_s = hf_generate(hf_t, prompt, new_tokens)
+        hf_a_tokens, hf_a_s = hf_generate(hf_t, prompt, new_tokens, hf_d, gamma)
         r.update({
             "hf_generate_tokens_per_s": new_tokens / hf_s,
             "hf_assisted_tokens_per_s": new_tokens / hf_a_s,

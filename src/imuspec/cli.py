@@ -35,7 +35,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         seed=a.seed,
         eos_token_ids=tuple(target.config.eos_ids),
     )
-    need = len(prompt) + cfg.max_new_tokens + cfg.gamma + 1
+    need = len(prompt) + cfg.max_new_tokens + cfg.gamma
     limit = target.config.max_position_embeddings
     if need > limit:
         raise ValueError(

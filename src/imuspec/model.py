@@ -141,11 +141,27 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.head_dim = h, kv, d
         self.kv_cache: KVCache | None = None
 
+    def fuse(self) -> None:
+        """Replace q, k, v by one projection: one GEMV instead of three per decode step."""
+        qkv = nn.Linear(self.q_proj.in_features, (self.n_head + 2 * self.n_kv) * self.head_dim,
+                        bias=self.q_proj.bias is not None, device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+        with torch.no_grad():
+            qkv.weight.copy_(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+            if qkv.bias is not None:
+                qkv.bias.copy_(torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+        self.qkv_proj = qkv
+        del self.q_proj, self.k_proj, self.v_proj
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, mask: Tensor) -> Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if hasattr(self, "qkv_proj"):
+            q, k, v = self.qkv_proj(x).split([self.n_head * self.head_dim, self.n_kv * self.head_dim,
+                                              self.n_kv * self.head_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k, v = self.kv_cache.write(slots, k, v)
@@ -160,8 +176,23 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
+    def fuse(self) -> None:
+        """Replace gate and up by one projection (one GEMV instead of two)."""
+        gu = nn.Linear(self.gate_proj.in_features, 2 * self.gate_proj.out_features, bias=self.gate_proj.bias is not None,
+                       device=self.gate_proj.weight.device, dtype=self.gate_proj.weight.dtype)
+        with torch.no_grad():
+            gu.weight.copy_(torch.cat([self.gate_proj.weight, self.up_proj.weight]))
+            if gu.bias is not None:
+                gu.bias.copy_(torch.cat([self.gate_proj.bias, self.up_proj.bias]))
+        self.gate_up_proj = gu
+        del self.gate_proj, self.up_proj
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -202,6 +233,7 @@ class Decoder(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.register_buffer("length", torch.zeros(1, dtype=torch.long), persistent=False)
         self.max_len = 0
+        self._compiled = None  # (one-token step, multi-token step) after compile_steps()
 
     @property
     def device(self) -> torch.device:
@@ -222,6 +254,31 @@ class Decoder(nn.Module):
     def rollback(self, length: int | Tensor) -> None:
         """Forget every cached slot from ``length`` on (per row if a tensor). O(1): nothing is copied."""
         self.length.fill_(length) if isinstance(length, int) else self.length.copy_(length)
+
+    def compile_steps(self, fuse: bool = True) -> None:
+        """Make :meth:`step` fast on a GPU: fused projections, and torch.compile's reduce-overhead mode, which fuses
+        the small kernels and replays each step as a CUDA graph over the static cache.
+
+        Two compiled callables: a static one for the one-token decode step and one with a dynamic length for
+        verify steps (γ+1 tokens) and two-token draft steps. Prefill stays eager (it is compute-bound and happens once).
+        """
+        if fuse:
+            for layer in self.model.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+        one = torch.compile(self.forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        many = torch.compile(self.forward, mode="reduce-overhead", fullgraph=True, dynamic=True)
+        self._compiled = (one, many)
+
+    def step(self, ids: Tensor) -> Tensor:
+        """A decode, draft or verify forward of ids [B, T]; compiled after :meth:`compile_steps`.
+
+        The logits it returns are only valid until the next step (they live in the CUDA graph's memory).
+        """
+        if self._compiled is None:
+            return self(ids=ids)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled[ids.shape[1] > 1](ids=ids)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.embed_tokens(ids)

@@ -6,7 +6,10 @@ to γ tokens one at a time, the target scores all of them in one forward of γ+1
 one target token is kept. Both caches are then rolled back to exactly the kept sequence.
 
 Cache invariants, which make rollback a length change: the target holds prompt + out[:-1]; the draft holds its
-prompt + out[:len(out) - len(pending)], ``pending`` being the committed tokens it has not seen yet.
+prompt + out[:len(out) - len(pending)], ``pending`` being the committed tokens it has not seen yet. Tokens stay on
+the device; the loop reads back one small tensor per step (the accepted count and tokens), so with compiled steps
+(:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop. Every step
+drafts γ tokens, so the verify forward always has γ+1 tokens (one CUDA graph); what passes max_new_tokens is cut.
 """
 
 from __future__ import annotations
@@ -127,10 +130,10 @@ def _check(model: Decoder, prompt: Tensor, cfg: GenerationConfig, gamma: int, ro
         raise ValueError(f"{role} prompt: expected token ids [T] or embeddings [T, H], got {tuple(prompt.shape)}")
     if prompt.ndim == 2 and prompt.shape[1] != model.config.hidden_size:
         raise ValueError(f"{role} prompt embeddings have width {prompt.shape[1]}, the {role} expects {model.config.hidden_size}")
-    need = len(prompt) + cfg.max_new_tokens + gamma + 1
+    need = len(prompt) + cfg.max_new_tokens + gamma
     if need > model.max_len:
         raise ValueError(
-            f"{role}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {gamma + 1} verify "
+            f"{role}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {gamma} draft "
             f"slots needs a cache of {need}, but the {role}'s cache holds {model.max_len} (setup_cache)"
         )
 
@@ -164,25 +167,23 @@ def generate(
     with torch.inference_mode():
         target.rollback(0)
         with clock("prefill"):
-            token = pick(_forward(target, target_prompt))
+            last = pick(_forward(target, target_prompt)).view(1)  # the newest token; the target has not seen it
             if draft is not None:
                 draft.rollback(0)
                 _forward(draft, draft_prompt)
-        out, pending = [int(token)], [int(token)]
+        out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen (1 or 2)
         t_len, d_len = len(target_prompt), (len(draft_prompt) if draft is not None else 0)
 
         while len(out) < cfg.max_new_tokens and out[-1] not in cfg.eos_token_ids:
-            k = min(gamma, cfg.max_new_tokens - len(out) - 1)  # never draft past max_new_tokens
-            last = torch.tensor([out[-1]], device=dev)
-            if k == 0:
+            if draft is None:
                 with clock("target"):
-                    new, n = [int(pick(target(ids=last[None])[0, -1]))], 0
-                pending.append(new[0])
+                    last = pick(target.step(last[None])[0, -1]).view(1)
+                    n, new = 0, [int(last)]
             else:
                 with clock("draft"):
-                    x, drafted, qs = torch.tensor(pending, device=dev), [], []
-                    for _ in range(k):
-                        logits = draft(ids=x[None])[0, -1]
+                    x, drafted, qs = pending, [], []
+                    for _ in range(gamma):
+                        logits = draft.step(x[None])[0, -1]
                         if s.greedy:
                             x = logits.argmax(-1, keepdim=True)
                         else:
@@ -191,23 +192,25 @@ def generate(
                         drafted.append(x)
                     d = torch.cat(drafted)
                 with clock("target"):
-                    logits = target(ids=torch.cat([last, d])[None])[0]
+                    logits = target.step(torch.cat([last, d])[None])[0]
                     if s.greedy:
                         n, nxt = greedy_verify(d, logits)
                     else:
                         n, nxt = speculative_verify(d, torch.stack(qs), probs(logits, s), gen)
-                    n, nxt = int(n), int(nxt)  # the one host sync per step
-                new = d[:n].tolist() + [nxt]
-                keep = min(n, k - 1)  # the draft has seen pending + d[:k-1]
-                draft.rollback(d_len + len(pending) + keep)
+                    host = torch.cat([n.view(1), nxt.view(1), d]).tolist()  # the one host sync per step
+                n, new = host[0], host[2:2 + host[0]] + [host[1]]
+                keep = min(n, gamma - 1)  # the draft has seen pending + d[:gamma-1]
                 d_len += len(pending) + keep
-                pending = new[keep:]
-            target.rollback(t_len + 1 + n)
+                draft.rollback(d_len)
+                last = nxt.view(1)
+                pending = torch.cat([d[keep:n], last])
             t_len += 1 + n
-            stop = next((i + 1 for i, t in enumerate(new) if t in cfg.eos_token_ids), len(new))
+            target.rollback(t_len)
+            room = cfg.max_new_tokens - len(out)
+            stop = next((i + 1 for i, t in enumerate(new[:room]) if t in cfg.eos_token_ids), min(len(new), room))
             out += new[:stop]
             stats.accepted_per_step.append(n)
-            stats.drafted_per_step.append(k)
+            stats.drafted_per_step.append(gamma)
             stats.produced_per_step.append(stop)
 
     stats.prefill_s, stats.draft_s, stats.target_s = (clock.total(p) for p in ("prefill", "draft", "target"))
