@@ -91,7 +91,7 @@ def main() -> None:
     prompt = torch.randint(3, t_cfg.vocab_size, (a.prompt_len,), generator=gen).to(dev)
     calib_ids = torch.randint(3, t_cfg.vocab_size, (a.prompt_len + a.new_tokens,), generator=gen).to(dev)
     for m in (target, draft):
-        m.setup_cache(a.prompt_len + a.new_tokens + max(a.gammas))
+        m.setup_cache(max(a.prompt_len + a.new_tokens + max(a.gammas), 582 + 45))
     hf_t, hf_d = (None, None) if a.no_hf else (to_hf(target), to_hf(draft))  # share our (unfused) weights
 
     # Prefill: an EventGPT-shaped target prompt (582 event tokens + ~45 text) against an IMU draft's (120 + ~45).
