@@ -88,7 +88,10 @@ class EventSimulator:
         sign = np.where(up[pix], 1.0, -1.0)
         crossing = self.ref[pix] + sign * k * thr[pix]
         slope = l1[pix] - l0[pix]
-        times = t0 + (crossing - l0[pix]) / slope * dt
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frac = (crossing - l0[pix]) / slope
+        # rounding can leave a crossing due exactly at the previous frame (then ΔL may be 0): it fires at t0
+        times = t0 + np.clip(np.nan_to_num(frac, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0) * dt
         keep = self._refractory(pix, k, times, thr, slope, dt)
         self.ref += np.where(up, 1.0, -1.0) * count * thr
         pix, times, pol = pix[keep], times[keep], up[pix[keep]]
@@ -111,7 +114,7 @@ class EventSimulator:
         r = self.cfg.refractory_us
         if r <= 0 or len(pix) == 0:
             return np.ones(len(pix), dtype=bool)
-        spacing = thr[pix] * dt / np.abs(slope)
+        spacing = thr[pix] * dt / np.maximum(np.abs(slope), 1e-12)
         first = times - (k - 1) * spacing
         j0 = np.maximum(np.ceil((self.last_event[pix] + r - first) / spacing - 1e-9), 0)
         m = np.maximum(np.ceil(r / spacing - 1e-9), 1)
