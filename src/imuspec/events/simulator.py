@@ -104,7 +104,7 @@ class EventSimulator:
             times = np.concatenate([times, t0 + dt * self.rng.random(n_noise)])
             pol = np.concatenate([pol, self.rng.random(n_noise) < 0.5])
         self.level, self.t = l1, float(t_us)
-        order = np.argsort(times, kind="stable")
+        order = np.argsort(times)
         pix, times, pol = pix[order], times[order], pol[order]
         return pix % self.width, pix // self.width, times, pol.astype(np.uint8)
 
