@@ -35,6 +35,8 @@ def sample_dict(n=10):
 # --- the real files -------------------------------------------------------------------------------------------
 
 def test_eventgpt_sample1():
+    # written by numpy 1.x (numpy.core.* globals); the protocol tests below write numpy 2.x pickles (numpy._core.*)
+    assert b"cnumpy.core.multiarray\n_reconstruct" in fixture_path("eventgpt", "sample1.npy").read_bytes()[:200]
     s = read_events(fixture_path("eventgpt", "sample1.npy"))
     assert (len(s), s.width, s.height, s.t[0], s.t[-1]) == (132_268, 640, 480, 0, 49_595)
     # same values as numpy's own (unrestricted) loader on this trusted file

@@ -6,8 +6,16 @@ import torch
 from conftest import fixture_path
 from PIL import Image
 
-from imuspec.events import EventError, EventStream, eventgpt_frames, eventgpt_pixel_values, histogram, read_events
-from imuspec.events import time_surface, voxel_grid
+from imuspec.events import (
+    EventError,
+    EventStream,
+    eventgpt_frames,
+    eventgpt_pixel_values,
+    histogram,
+    read_events,
+    time_surface,
+    voxel_grid,
+)
 
 BLUE, RED, WHITE = (0, 0, 255), (255, 0, 0), (255, 255, 255)
 

@@ -1,5 +1,7 @@
 """The video-to-events simulator: analytic moving edges, a scalar re-implementation, and the real fixture videos."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from conftest import fixture_path
@@ -141,7 +143,7 @@ def test_real_video_density_and_polarity(name):
     sim = EventSimulator(*frames[0], cfg)
     counts, diffs, agree, total = [], [], 0, 0
     integrated = np.zeros(frames[0][0].size)
-    for (f0, _), (f1, t1) in zip(frames, frames[1:]):
+    for (f0, _), (f1, t1) in pairwise(frames):
         x, y, _, p = sim.step(f1, t1)
         dl = np.log(to_gray(f1) + cfg.log_eps) - np.log(to_gray(f0) + cfg.log_eps)
         counts.append(len(p))

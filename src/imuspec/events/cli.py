@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .readers import FORMATS, _SUFFIX, read_events, write_events
+from .readers import FORMATS, format_of, read_events, write_events
 from .render import eventgpt_frames
 from .simulator import SimulatorConfig, frames_from_video, simulate, video_frame_count
 
@@ -26,7 +26,7 @@ def cmd_inspect_events(a: argparse.Namespace) -> int:
     if a.window_us:
         stream = stream.window(*a.window_us)
     info = {
-        "format": a.format or _SUFFIX[Path(a.file).suffix.lower()],
+        "format": a.format or format_of(a.file),
         "n_events": len(stream),
         "width": stream.width,
         "height": stream.height,

@@ -93,7 +93,7 @@ def _read_npy(path: Path, sensor_size) -> EventStream:
         try:
             version = np.lib.format.read_magic(f)
             reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = reader(f)
+            _, _, dtype = reader(f)
         except ValueError as e:
             raise EventError(f"{path}: not a .npy file ({e})") from None
         if dtype.hasobject:
@@ -268,14 +268,19 @@ def write_events(stream: EventStream, path: str | Path) -> None:
     WRITERS[suffix](stream, path)
 
 
+def format_of(path: str | Path) -> str:
+    """The format a file's suffix names."""
+    path = Path(path)
+    if path.suffix.lower() not in _SUFFIX:
+        raise EventError(f"{path}: cannot tell the format from suffix {path.suffix!r}; pass format= one of: "
+                         + "; ".join(f"{k} ({v})" for k, v in FORMATS.items()))
+    return _SUFFIX[path.suffix.lower()]
+
+
 def read_events(path: str | Path, format: str | None = None, sensor_size: tuple[int, int] | None = None) -> EventStream:
     """Read any known event file; ``format`` defaults to the one its suffix names (see ``FORMATS``)."""
     path = Path(path)
-    if format is None:
-        format = _SUFFIX.get(path.suffix.lower())
-        if format is None:
-            raise EventError(f"{path}: cannot tell the format from suffix {path.suffix!r}; pass format= one of: "
-                             + "; ".join(f"{k} ({v})" for k, v in FORMATS.items()))
+    format = format or format_of(path)
     if format not in FORMATS:
         raise EventError(f"{path}: unknown format {format!r}; known formats: "
                          + "; ".join(f"{k} ({v})" for k, v in FORMATS.items()))

@@ -8,6 +8,8 @@ its colour; then the CLIP image processor of ``openai/clip-vit-large-patch14-336
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import torch
 
@@ -46,7 +48,7 @@ def eventgpt_frames(stream: EventStream, n: int = EVENTGPT_CHUNKS) -> list[np.nd
     if per == 0:
         raise EventError(f"{stream.source}: {len(stream)} events, expected at least {n} (one per EventGPT frame)")
     bounds = [i * per for i in range(n)] + [len(stream)]
-    return [render_polarity_image(stream.x[a:b], stream.y[a:b], stream.p[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return [render_polarity_image(stream.x[a:b], stream.y[a:b], stream.p[a:b]) for a, b in pairwise(bounds)]
 
 
 def clip_processor_336():

@@ -12,9 +12,9 @@ polarity at ``shot_noise_rate_hz`` per pixel, outside the threshold model).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
