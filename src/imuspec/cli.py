@@ -8,6 +8,8 @@ import sys
 
 import torch
 
+from .events import cli as events_cli
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_bench_engine)
+
+    events_cli.add_inspect_events_parser(sub)
+    events_cli.add_simulate_events_parser(sub)
     return p
 
 
