@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from imuspec.synthetic import controlled_pair, parse_shape
 
-CATEGORIES = [("gemm/gemv", r"gemm|gemv|cutlass|sm90|xmma|nvjet|splitK|cublas"), ("attention", r"attention|fmha|flash|sdpa"),
+CATEGORIES = [("attention", r"attention|fmha|flash|sdpa"), ("gemm/gemv", r"gemm|gemv|cutlass|sm90|xmma|nvjet|splitK|cublas"),
               ("triton fused", r"triton"), ("copy/index", r"copy|index|scatter|gather|fill|cat")]
 
 
