@@ -140,6 +140,8 @@ def main() -> None:
                        spec_over_hf_assisted=best["tokens_per_s"] * secs / a.new_tokens)
         runs.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "spec"}), flush=True)
+        with open(a.out, "w") as f:  # partial results survive a time limit
+            json.dump({**r, "runs": runs}, f, indent=1)
     r["runs"] = runs
     if hf_t is not None:
         toks, secs = hf_generate(hf_t, prompt, a.new_tokens)

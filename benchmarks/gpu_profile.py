@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--shape", default="vicuna-7b")
     ap.add_argument("--context", type=int, default=768)
     ap.add_argument("--coordinate-descent", action="store_true")
+    ap.add_argument("--attention", choices=["few", "sdpa"], default="few", help="decode/verify attention path")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.coordinate_descent:
@@ -54,10 +55,11 @@ def main() -> None:
     for layer in model.model.layers:
         layer.self_attn.fuse()
         layer.mlp.fuse()
+        layer.self_attn.few_queries = 16 if a.attention == "few" else 0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ctx = torch.randint(3, cfg.vocab_size, (1, a.context), device="cuda")
     r = {"device": torch.cuda.get_device_name(), "shape": a.shape, "context": a.context,
-         "coordinate_descent_tuning": a.coordinate_descent, "weight_gb": weight_bytes / 1e9}
+         "coordinate_descent_tuning": a.coordinate_descent, "attention": a.attention, "weight_gb": weight_bytes / 1e9}
     with torch.inference_mode():
         model(ids=ctx)
         for mode in ("default", "reduce-overhead"):
