@@ -75,6 +75,7 @@ def bench_engine(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     hf: bool = True,
+    compile: bool = False,
 ) -> dict:
     """One run on one set of weights; ε is calibrated to greedy agreement ``alpha`` unless given."""
     dev = torch.device(device)
@@ -83,10 +84,14 @@ def bench_engine(
     gen = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randint(3, t_cfg.vocab_size, (prompt_len,), generator=gen).to(dev)
     for m in (target, draft):
-        m.setup_cache(prompt_len + new_tokens + gamma + 1)
+        m.setup_cache(prompt_len + new_tokens + gamma)
     if eps is None:
         eps = calibrate(target, draft, 0.05, alpha, torch.randint(3, t_cfg.vocab_size, (prompt_len + new_tokens,), generator=gen).to(dev))
     cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed)
+    hf_pair = (to_hf(target), to_hf(draft)) if hf else None  # before compile_steps fuses our projections
+    if compile:
+        target.compile_steps()
+        draft.compile_steps()
     warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma)
     generate(target, prompt, warm)
     generate(target, prompt, warm, draft, prompt)
@@ -117,8 +122,8 @@ def bench_engine(
         "speedup": measured, "predicted_speedup": predicted, "measured_over_predicted": measured / predicted,
         "predicted_with_verify_cost": leviathan_speedup(s.alpha_token, gamma, c, v),
     }
-    if hf:
-        hf_t, hf_d = to_hf(target), to_hf(draft)
+    if hf_pair:
+        hf_t, hf_d = hf_pair
         hf_generate(hf_t, prompt, 2)  # warm-up
         hf_tokens, hf_s = hf_generate(hf_t, prompt, new_tokens)
         hf_a_tokens, hf_a_s = hf_generate(hf_t, prompt, new_tokens, hf_d, gamma)

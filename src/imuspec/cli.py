@@ -46,6 +46,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         )
     for m in (target, draft) if draft else (target,):
         m.setup_cache(need)
+        if a.compile:
+            m.compile_steps()
     g = generate(target, prompt, cfg, draft, prompt if draft else None)
     text = tok.decode(g.tokens)
     if a.json:
@@ -65,9 +67,18 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     from .bench import bench_engine, format_table
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf)
+                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode/verify steps (CUDA graphs; pays off on a GPU for long outputs)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,10 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    g.add_argument("--dtype", choices=DTYPES, default="float32")
-    g.add_argument("--json", action="store_true", help="print one JSON object")
+    _run_options(g)
     g.set_defaults(func=cmd_generate)
 
     b = sub.add_parser("bench", help="benchmarks")
@@ -100,11 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gamma", type=int, default=4)
     e.add_argument("--prompt-len", type=int, default=64)
     e.add_argument("--new-tokens", type=int, default=128)
-    e.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    e.add_argument("--dtype", choices=DTYPES, default="float32")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
-    e.add_argument("--json", action="store_true")
+    _run_options(e)
     e.set_defaults(func=cmd_bench_engine)
 
     events_cli.add_inspect_events_parser(sub)
