@@ -86,14 +86,20 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], source: str, optio
     module.load_state_dict(sd, strict=False)
 
 
-def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:
-    """A :class:`Decoder` from a Hugging Face LLaMA folder (``config.json`` + weights)."""
-    folder = Path(folder)
-    cfg = LlamaConfig.from_hf(read_json(folder / "config.json"))
+def empty_decoder(cfg: LlamaConfig) -> Decoder:
+    """A CPU :class:`Decoder` with uninitialised weights (nothing random is drawn), ready for :func:`load_into`."""
     with torch.device("meta"):
         model = Decoder(cfg)
     model = model.to_empty(device="cpu")
     model.inv_freq.copy_(rope_inv_freq(cfg))  # buffers are not in the checkpoint: recompute them
+    return model
+
+
+def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:
+    """A :class:`Decoder` from a Hugging Face LLaMA folder (``config.json`` + weights)."""
+    folder = Path(folder)
+    cfg = LlamaConfig.from_hf(read_json(folder / "config.json"))
+    model = empty_decoder(cfg)
     sd = load_state_dict(folder)
     optional = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
     load_into(model, sd, str(folder), optional)

@@ -1,0 +1,116 @@
+"""EventGPT (XduSyL/EventGPT, CVPR 2025) as a target: event frames → CLIP → projector → adaptor → pooling → Vicuna.
+
+Each of the F event frames (5 in EventGPT, rendered and CLIP-processed to 3×336×336 by :mod:`imuspec.events`) goes
+through CLIP ViT-L/14-336; its ``last_hidden_state`` (577 tokens, CLS included, before ``post_layernorm``) through
+``visual_projector`` Linear(1024→4096), GELU, Linear(4096→4096) and ``feature_adaptor`` Linear(4096→4096). The F×577
+features are pooled into F temporal tokens (each frame's mean over its tokens) followed by 577 spatial tokens (each
+token's mean over frames): 582 tokens, spliced at ``<event>`` in ``<ev_start><event><ev_end>\\n{query}`` rendered with
+``eventgpt_v1``. ``<ev_patch>`` (when ``mm_use_im_patch_token``, the default) and then ``<ev_start>``/``<ev_end>``
+(when ``mm_use_im_start_end``) are added to the tokenizer in that order, as the original's inference does; otherwise
+the tags are plain text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import CLIPVisionConfig
+
+from ..checkpoint import CheckpointError, empty_decoder, load_into, load_state_dict, read_json
+from ..model import Decoder, LlamaConfig
+from ..multimodal import splice, tokenize_with_placeholder
+from ..templates import Tokenizer, get_template
+from .clip import build_tower, check_pixels, load_tower, take, tower_config
+
+EVENT_TOKEN, PATCH_TOKEN, START_TOKEN, END_TOKEN = "<event>", "<ev_patch>", "<ev_start>", "<ev_end>"
+TOWER_PREFIX = "model.visual_tower.visual_tower."
+
+
+class EventEncoder(nn.Module):
+    """Event frames [F, 3, S, S] → [F + N, H]: F temporal tokens, then N spatial tokens (N = CLIP tokens per frame)."""
+
+    def __init__(self, tower: CLIPVisionConfig, hidden_size: int):
+        super().__init__()
+        self.visual_tower = build_tower(tower)
+        self.visual_projector = nn.Sequential(
+            nn.Linear(tower.hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.feature_adaptor = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        check_pixels(pixels, self.visual_tower.config, "event frames")
+        w = self.feature_adaptor.weight
+        x = self.visual_tower(pixels.to(device=w.device, dtype=w.dtype)).last_hidden_state  # [F, N, C]
+        x = self.feature_adaptor(self.visual_projector(x))  # [F, N, H]
+        return torch.cat([x.mean(dim=1), x.mean(dim=0)])
+
+
+class EventGPT(nn.Module):
+    """An EventGPT checkpoint: ``.decoder`` (Vicuna), ``.encoder`` (:class:`EventEncoder`), ``.tokenizer``."""
+
+    template = "eventgpt_v1"
+
+    def __init__(self, decoder: Decoder, encoder: EventEncoder, tokenizer: Tokenizer):
+        super().__init__()
+        self.decoder, self.encoder, self.tokenizer = decoder, encoder, tokenizer
+
+    def prompt_ids(self, query: str) -> list[int]:
+        """BOS + the ``eventgpt_v1`` prompt, with PLACEHOLDER_ID where the event tokens go."""
+        prompt = get_template(self.template).prompt(f"{START_TOKEN}{EVENT_TOKEN}{END_TOKEN}\n{query}")
+        return tokenize_with_placeholder(self.tokenizer, prompt, EVENT_TOKEN)
+
+    def prompt_embeds(self, query: str, pixels: Tensor) -> Tensor:
+        """Prompt embeddings [T, H] for ``query`` about the event frames ``pixels`` [F, 3, 336, 336]."""
+        with torch.no_grad():
+            return splice(self.decoder, self.prompt_ids(query), [self.encoder(pixels)])
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        visual_tower: str | Path | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> EventGPT:
+        """Load an EventGPT folder as the original saves it (``config.json`` with model_type ``EventChat_llama``).
+
+        The CLIP tower's shape comes from ``visual_tower`` (a local CLIP folder) when given, else from the config's
+        ``mm_visual_tower``; its weights from the checkpoint's ``model.visual_tower.visual_tower.*`` keys (which
+        override the tower folder, as in the original), else from that folder.
+        """
+        folder = Path(folder)
+        d = read_json(folder / "config.json")
+        if d.get("model_type") != "EventChat_llama":
+            raise CheckpointError(f"{folder / 'config.json'}: model_type is {d.get('model_type')!r}, expected 'EventChat_llama'")
+        tower_source = visual_tower or d.get("mm_visual_tower")
+        if tower_source is None:
+            raise CheckpointError(f"{folder / 'config.json'}: field 'mm_visual_tower' missing (or pass visual_tower=)")
+        cfg = LlamaConfig.from_hf(d)
+        tok = Tokenizer(folder)
+        added = [PATCH_TOKEN] * d.get("mm_use_im_patch_token", True) + [START_TOKEN, END_TOKEN] * d.get("mm_use_im_start_end", False)
+        if added:
+            tok.hf.add_tokens(added, special_tokens=True)
+            tok.vocab_size = len(tok.hf)
+        if tok.vocab_size > cfg.vocab_size:
+            raise CheckpointError(f"{folder}: the tokenizer has {tok.vocab_size} tokens (with {added}), "
+                                  f"the embedding table only {cfg.vocab_size} (config.json 'vocab_size')")
+
+        sd = load_state_dict(folder)
+        tower_sd = take(sd, TOWER_PREFIX)
+        if not tower_sd and not Path(tower_source).is_dir():
+            raise CheckpointError(f"{folder}: no {TOWER_PREFIX}* keys, and the vision tower {str(tower_source)!r} "
+                                  "is not a local folder to take its weights from (pass visual_tower=)")
+        encoder = EventEncoder(tower_config(tower_source), cfg.hidden_size)
+        if tower_sd:
+            load_tower(encoder.visual_tower, tower_sd, f"{folder} ({TOWER_PREFIX}*)")
+        else:
+            load_tower(encoder.visual_tower, load_state_dict(tower_source), str(tower_source))
+        decoder = empty_decoder(cfg)
+        for name in ("visual_projector", "feature_adaptor"):
+            load_into(getattr(encoder, name), take(sd, f"model.{name}."), f"{folder} (model.{name}.*)")
+        load_into(decoder, sd, str(folder), ("lm_head.weight",) if cfg.tie_word_embeddings else ())
+        if cfg.tie_word_embeddings:
+            decoder.lm_head.weight = decoder.model.embed_tokens.weight
+        return cls(decoder, encoder, tok).to(device=device, dtype=dtype).eval()
