@@ -83,6 +83,19 @@ def test_prompt_tokens_follow_the_original(ckpt):
     assert m.tokenizer.vocab_size == VOCAB
 
 
+def test_without_start_end_tokens_the_tags_are_text(ckpt, tmp_path):
+    folder = ckpt[0]
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    cfg = json.loads((plain / "config.json").read_text())
+    (plain / "config.json").write_text(json.dumps({**cfg, "mm_use_im_start_end": False}))
+    m = EventGPT.from_pretrained(plain)
+    ids = m.prompt_ids(QUERY)
+    k = ids.index(-200)
+    assert max(ids) < 32000 and m.tokenizer.hf.decode(ids[1:k]).endswith("USER: <ev_start>")
+    assert m.tokenizer.hf.decode(ids[k + 1:]) == f"<ev_end>\n{QUERY} ASSISTANT:"
+
+
 def test_logits_match_independent_reference(ckpt):
     folder, (lm, clip, proj, adaptor) = ckpt
     m = EventGPT.from_pretrained(folder)
@@ -167,7 +180,7 @@ def test_bad_inputs(ckpt, tmp_path):
         EventGPT.from_pretrained(broken("d"), visual_tower=tmp_path / "wide_clip")
     with pytest.raises(CheckpointError, match="model_type is 'llava_llama', expected 'EventChat_llama'"):
         EventGPT.from_pretrained(broken("e", model_type="llava_llama"))
-    with pytest.raises(CheckpointError, match="the tokenizer has 32003 tokens .* the embedding table only 32000"):
+    with pytest.raises(CheckpointError, match=r"<ev_start> and <ev_end> get ids \[32001, 32002\], but the embedding table has 32000 rows"):
         EventGPT.from_pretrained(broken("f", vocab_size=32000))
     with pytest.raises(CheckpointError, match="no model.visual_tower.visual_tower.* keys, and the vision tower"):
         EventGPT.from_pretrained(broken("g", drop=[k for k in sd if "visual_tower" in k],

@@ -89,13 +89,15 @@ class EventGPT(nn.Module):
             raise CheckpointError(f"{folder / 'config.json'}: field 'mm_visual_tower' missing (or pass visual_tower=)")
         cfg = LlamaConfig.from_hf(d)
         tok = Tokenizer(folder)
-        added = [PATCH_TOKEN] * d.get("mm_use_im_patch_token", True) + [START_TOKEN, END_TOKEN] * d.get("mm_use_im_start_end", False)
-        if added:
-            tok.hf.add_tokens(added, special_tokens=True)
-            tok.vocab_size = len(tok.hf)
-        if tok.vocab_size > cfg.vocab_size:
-            raise CheckpointError(f"{folder}: the tokenizer has {tok.vocab_size} tokens (with {added}), "
-                                  f"the embedding table only {cfg.vocab_size} (config.json 'vocab_size')")
+        if d.get("mm_use_im_patch_token", True):  # never in a prompt, but it takes the first free id
+            tok.hf.add_tokens([PATCH_TOKEN], special_tokens=True)
+        if d.get("mm_use_im_start_end", False):
+            tok.hf.add_tokens([START_TOKEN, END_TOKEN], special_tokens=True)
+            ids = tok.hf.convert_tokens_to_ids([START_TOKEN, END_TOKEN])
+            if max(ids) >= cfg.vocab_size:
+                raise CheckpointError(f"{folder}: {START_TOKEN} and {END_TOKEN} get ids {ids}, but the embedding "
+                                      f"table has {cfg.vocab_size} rows (config.json 'vocab_size')")
+        tok.vocab_size = len(tok.hf)
 
         sd = load_state_dict(folder)
         tower_sd = take(sd, TOWER_PREFIX)
