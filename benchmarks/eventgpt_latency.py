@@ -45,15 +45,25 @@ def time_encoder(enc: EventEncoder, pixels: torch.Tensor, repeats: int) -> dict:
     with torch.inference_mode():
         enc(pixels[:1])  # warm-up on one frame: first-call set-up without a whole sample's cost
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = enc(pixels)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             stage = {n: marks[n + "_end"] - marks[n + "_start"] for n in STAGES}
             stage["pooling"] = t1 - marks["feature_adaptor_end"]
             stage["total"] = t1 - t0
+            stage["cpu_s"] = c1 - c0  # CPU time of this process over all its threads
             runs.append(stage)
     assert out.shape == (5 + 577, 4096), out.shape
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"runs": runs}
+
+
+def gflop(cfg: CLIPVisionConfig, frames: int, hidden: int) -> float:
+    """Multiply-adds × 2 of the tower's linear layers and attention, and of the projector and adaptor."""
+    n, c, layers = (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size, cfg.num_hidden_layers
+    per_layer = n * (4 * c * c + 2 * c * cfg.intermediate_size) + 2 * n * n * c
+    patches = (n - 1) * 3 * cfg.patch_size ** 2 * c
+    head = n * (c * hidden + 2 * hidden * hidden)
+    return 2 * frames * (layers * per_layer + patches + head) / 1e9
 
 
 def main() -> None:
@@ -64,11 +74,13 @@ def main() -> None:
     a = p.parse_args()
 
     torch.manual_seed(0)
-    enc = EventEncoder(CLIPVisionConfig(**KNOWN_TOWERS[TOWER]), 4096).eval()
+    cfg = CLIPVisionConfig(**KNOWN_TOWERS[TOWER])
+    enc = EventEncoder(cfg, 4096).eval()
     pixels = torch.randn(5, 3, 336, 336)
     result = {
         "what": "EventGPT vision path per sample: CLIP ViT-L/14-336 on 5 frames + projector + adaptor + pooling",
         "tower": TOWER, "weights": "random (real shapes)", "frames": 5, "tokens_out": 582,
+        "gflop_per_sample": gflop(cfg, 5, 4096),
         "params": {n: sum(p.numel() for p in getattr(enc, n).parameters()) for n in STAGES},
         "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "repeats": a.repeats, "date": str(date.today()),
@@ -80,10 +92,11 @@ def main() -> None:
     result["load_average_1m_after"] = os.getloadavg()[0]  # the machine is shared: > threads means contention
     print(f"EventGPT vision path, 5 frames → 582 tokens, {result['cpu']}, {result['threads']} threads, "
           f"median of {a.repeats} (seconds per sample)")
-    print(f"| dtype | {' | '.join(STAGES)} | pooling | total |")
-    print("|---|" + "---|" * (len(STAGES) + 2))
+    print(f"| dtype | {' | '.join(STAGES)} | pooling | total | GFLOP/s |")
+    print("|---|" + "---|" * (len(STAGES) + 3))
     for name, r in result["results"].items():
-        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in (*STAGES, "pooling", "total")) + " |")
+        r["gflop_per_s"] = result["gflop_per_sample"] / r["total"]
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in (*STAGES, "pooling", "total")) + f" | {r['gflop_per_s']:.0f} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {a.out}")

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import fixture_path
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 from transformers import LlamaConfig as HFLlamaConfig
 
-from conftest import fixture_path
 from imuspec import CheckpointError, Decoder, GenerationConfig, LlamaConfig, generate
 from imuspec.models.eventgpt import EventGPT
 
@@ -146,7 +146,7 @@ def test_tower_from_its_folder_and_override(tmp_path):
 
 
 def test_bad_inputs(ckpt, tmp_path):
-    folder, (lm, *_) = ckpt
+    folder = ckpt[0]
     m = EventGPT.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"event frames have shape \(5, 3, 32, 32\), expected \[frames, 3, 28, 28\]"):
         m.prompt_embeds(QUERY, torch.randn(5, 3, 32, 32))

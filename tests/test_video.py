@@ -6,8 +6,8 @@ import av
 import numpy as np
 import pytest
 import torch
-
 from conftest import fixture_path
+
 from imuspec.video import CLIP_MEAN, CLIP_STD, VideoError, read_video, video_pixels
 
 

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import fixture_path
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 from transformers import LlamaConfig as HFLlamaConfig
 
-from conftest import fixture_path
 from imuspec import CheckpointError, Decoder, GenerationConfig, LlamaConfig, generate
-from imuspec.multimodal import PLACEHOLDER_ID
 from imuspec.models.videollava import VideoLLaVA
+from imuspec.multimodal import PLACEHOLDER_ID
 
 VOCAB = 32002  # LLaMA-2's 32,000 + <image>, <video>
 TINY_LM = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from ..checkpoint import CheckpointError, load_into, load_state_dict, read_json
+from ..checkpoint import CheckpointError, load_into, read_json
 
 # The tower every EventGPT checkpoint names in ``mm_visual_tower``; its shape is fixed, so a missing local copy of
 # the hub folder need not stop a checkpoint that carries the tower's weights itself.
@@ -57,13 +57,6 @@ def load_tower(tower: CLIPVisionModel, sd: dict[str, Tensor], source: str) -> No
     if any(k.startswith("vision_model.") for k in tower.state_dict()):  # transformers 4.x module layout
         sd = {"vision_model." + k: v for k, v in sd.items()}
     load_into(tower, sd, source)
-
-
-def tower_from_folder(folder: str | Path) -> CLIPVisionModel:
-    """A CLIP vision tower with the weights of a local CLIP folder."""
-    tower = build_tower(tower_config(folder))
-    load_tower(tower, load_state_dict(folder), str(folder))
-    return tower
 
 
 def take(sd: dict[str, Tensor], *prefixes: str) -> dict[str, Tensor]:
