@@ -187,3 +187,27 @@ def test_bad_inputs(ckpt, tmp_path):
                                         mm_visual_tower="openai/clip-vit-large-patch14-336"))
     with pytest.raises(CheckpointError, match="'/nowhere/clip': no config.json there, and not a known tower"):
         EventGPT.from_pretrained(broken("h", mm_visual_tower="/nowhere/clip"))
+
+
+def test_real_event_file_end_to_end(tmp_path):
+    """fixtures/eventgpt/sample1.npy → imuspec.events' five CLIP-processed frames → a tiny EventGPT whose tower takes
+    336 px in 3×3 patches of 112: 5 temporal + 10 spatial tokens; logits equal the independent reference."""
+    from imuspec.events import eventgpt_pixel_values, read_events
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(HFLlamaConfig(**TINY_LM)).eval()
+    clip = CLIPVisionModel(CLIPVisionConfig(**{**TINY_CLIP, "image_size": 336, "patch_size": 112})).eval()
+    proj, adaptor = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32)), nn.Linear(32, 32)
+    clip.config.save_pretrained(tmp_path / "clip")
+    folder = write_checkpoint(tmp_path / "eventgpt", original_state_dict(lm, clip, proj, adaptor), lm,
+                              mm_visual_tower=str(tmp_path / "clip"))
+    m = EventGPT.from_pretrained(folder)
+    pixels = eventgpt_pixel_values(read_events(fixture_path("eventgpt", "sample1.npy")))
+    assert pixels.shape == (5, 3, 336, 336)
+    emb = m.prompt_embeds(QUERY, pixels)
+    ids = m.prompt_ids(QUERY)
+    assert emb.shape == (len(ids) - 1 + 5 + 10, 32)
+    m.decoder.setup_cache(len(emb))
+    with torch.no_grad():
+        ours = m.decoder(embeds=emb[None])[0]
+    assert (ours - reference_logits(lm, clip, proj, adaptor, ids, pixels)).abs().max() < 1e-4
