@@ -66,3 +66,11 @@ def test_tree_verification_with_positions_and_mask():
         out = ours(ids=torch.cat([br1, br2], 1), positions=torch.tensor([[6, 7, 6, 7]]), tree_mask=mask)
     assert (out[:, :2] - ref1).abs().max() < TOL
     assert (out[:, 2:] - ref2).abs().max() < TOL
+
+
+def test_rope_frequencies_stay_float32_under_a_dtype_change():
+    _, ours = hf_pair("llama3")
+    ref = ours.inv_freq.clone()
+    ours = ours.to(torch.bfloat16)
+    assert ours.inv_freq.dtype == torch.float32 and torch.equal(ours.inv_freq, ref)
+    assert ours.lm_head.weight.dtype == torch.bfloat16

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .model import Decoder, LlamaConfig, rope_inv_freq
+from .model import Decoder, LlamaConfig
 
 
 class CheckpointError(ValueError):
@@ -86,13 +86,11 @@ def load_into(module: nn.Module, sd: dict[str, torch.Tensor], source: str, optio
     module.load_state_dict(sd, strict=False)
 
 
-def empty_decoder(cfg: LlamaConfig) -> Decoder:
-    """A CPU :class:`Decoder` with uninitialised weights (nothing random is drawn), ready for :func:`load_into`."""
+def empty_decoder(cfg: LlamaConfig, device: str | torch.device = "cpu") -> Decoder:
+    """A :class:`Decoder` with uninitialised weights (nothing random is drawn), ready for :func:`load_into`."""
     with torch.device("meta"):
         model = Decoder(cfg)
-    model = model.to_empty(device="cpu")
-    model.inv_freq.copy_(rope_inv_freq(cfg))  # buffers are not in the checkpoint: recompute them
-    return model
+    return model.to_empty(device=device)  # Decoder._apply recomputes the RoPE frequencies
 
 
 def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:

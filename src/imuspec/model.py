@@ -253,6 +253,12 @@ class Decoder(nn.Module):
         self.max_len = 0
         self._compiled: dict | None = None  # step length -> compiled forward, after compile_steps()
 
+    def _apply(self, fn, recurse=True):
+        """``.to(dtype)`` must not round the RoPE frequencies: keep them float32 (as transformers computes them)."""
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.config).to(self.inv_freq.device)
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device

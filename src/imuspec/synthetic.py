@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import torch
 
-from .model import Decoder, LlamaConfig, rope_inv_freq
+from .checkpoint import empty_decoder
+from .model import Decoder, LlamaConfig
 
 SHAPES = {
     "vicuna-7b": LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
@@ -47,10 +48,7 @@ def n_params(cfg: LlamaConfig) -> int:
 
 
 def _random_decoder(cfg: LlamaConfig, eps: float, gen: torch.Generator, device, dtype) -> Decoder:
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    model = model.to_empty(device=device)
-    model.inv_freq.copy_(rope_inv_freq(cfg))
+    model = empty_decoder(cfg, device)
     for name, p in model.named_parameters():
         if name.endswith("norm.weight"):
             p.data.fill_(1.0)
