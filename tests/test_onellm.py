@@ -232,6 +232,12 @@ def test_window_resampling():
     x = np.sin(2 * np.pi * 5 * t800) + np.sin(2 * np.pi * 150 * t800)
     down = onellm_window(np.repeat(x[:, None], 6, 1), 800)[0, 40:360].numpy()
     assert np.abs(down - np.sin(2 * np.pi * 5 * t200[40:360])).max() < 0.05
+    # a real 50 Hz smartwatch recording: 2 s become 400 samples at 200 Hz with the same slow content
+    watch = np.load(fixture_path("watch_imu", "watch_imu.npz"))
+    rec = watch["samples"][watch["offsets"][0]:watch["offsets"][1]].astype(np.float64)
+    w = onellm_window(rec, 50, start=200)
+    assert w.shape == (6, 400) and torch.isfinite(w).all()
+    assert np.allclose(w[:, 40:360:4].numpy().T, rec[60:140], atol=0.1 * np.abs(rec[50:150]).max())
 
 
 def test_window_rejects_bad_input():
