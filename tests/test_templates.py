@@ -50,5 +50,5 @@ def test_onellm_template():
 
 
 def test_unknown_template_lists_the_known_ones():
-    with pytest.raises(KeyError, match="known templates: eventgpt_v1, llava_v1, v1, vicuna_v1"):
+    with pytest.raises(KeyError, match="known templates: eventgpt_v1, llava_v1, sensorllm, v1, vicuna_v1"):
         get_template("chatml")

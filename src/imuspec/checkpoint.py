@@ -97,10 +97,20 @@ def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device:
     """A :class:`Decoder` from a Hugging Face LLaMA folder (``config.json`` + weights)."""
     folder = Path(folder)
     cfg = LlamaConfig.from_hf(read_json(folder / "config.json"))
+    return build_decoder(cfg, load_state_dict(folder), str(folder), dtype, device)
+
+
+def build_decoder(
+    cfg: LlamaConfig,
+    sd: dict[str, torch.Tensor],
+    source: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Decoder:
+    """A :class:`Decoder` holding ``sd`` (HF names); ``source`` names the checkpoint in errors."""
     model = empty_decoder(cfg)
-    sd = load_state_dict(folder)
     optional = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-    load_into(model, sd, str(folder), optional)
+    load_into(model, sd, source, optional)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device=device, dtype=dtype)

@@ -1,7 +1,9 @@
 """Conversation templates as data, and the tokenizer of a checkpoint folder.
 
 Templates match the originals: LLaVA's ``vicuna_v1`` / ``llava_v1`` (EventGPT's ``eventgpt_v1`` is ``llava_v1``) and
-OneLLM's ``v1`` (``conv_v1_2`` in its ``conversation_lib``). All of them are encoded with BOS in front.
+OneLLM's ``v1`` (``conv_v1_2`` in its ``conversation_lib``), and SensorLLM's LLaMA-3 chat format ``sensorllm``
+(its Jinja template in ``sensorllm/data/utils.py``, with the USC-HAD stage-2 instruction). All of them are encoded
+with BOS in front.
 """
 
 from __future__ import annotations
@@ -14,13 +16,24 @@ _HUMAN_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 
+# SensorLLM's stage-2 instruction for USC-HAD, the 6-channel IMU set (sensorllm/data/stage2_dataset.py)
+_SENSORLLM_SYSTEM = (
+    "The assistant is provided with time-series readings of six sensor channels, including three accelerometer "
+    "channels (in g) and three gyroscope channels (in dps). Each channel contains 200 data representing information "
+    "extracted from the same 2-second time window at a sampling rate of 100Hz. Please analyze the trends and patterns "
+    "in each channel to identify the correct activity type from the following twelve activity options:\n\n"
+    "1. Walking Forward\n2. Walking Left\n3. Walking Right\n4. Walking Upstairs\n5. Walking Downstairs\n"
+    "6. Running Forward\n7. Jumping\n8. Sitting\n9. Standing\n10. Sleeping\n11. Elevator Up\n12. Elevator Down\n\n"
+    "Provide the predicted activity as both the number and the name at the end."
+)
+
 
 @dataclass(frozen=True)
 class Template:
     name: str
     system: str
     roles: tuple[str, str]
-    style: str  # "two": LLaVA's SeparatorStyle.TWO; "single_nl": OneLLM's SINGLE
+    style: str  # "two": LLaVA's SeparatorStyle.TWO; "single_nl": OneLLM's SINGLE; "llama3": LLaMA-3 headers
     sep: str
     sep2: str = ""
 
@@ -30,6 +43,12 @@ class Template:
             out, seps = self.system + self.sep, (self.sep, self.sep2)
             for i, (role, msg) in enumerate(turns):
                 out += f"{self.roles[role]}: {msg}{seps[i % 2]}" if msg else f"{self.roles[role]}:"
+            return out
+        if self.style == "llama3":  # as SensorLLM renders it: system block always present, contents stripped
+            head = "<|start_header_id|>{}<|end_header_id|>\n\n".format
+            out = head("system") + self.system.strip() + self.sep
+            for role, msg in turns:
+                out += head(self.roles[role]) + (msg.strip() + self.sep if msg else "")
             return out
         out = self.system + "\n\n" + self.sep
         for role, msg in turns:
@@ -56,6 +75,7 @@ TEMPLATES = {
         Template("llava_v1", _HUMAN_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>"),
         Template("eventgpt_v1", _HUMAN_SYSTEM, ("USER", "ASSISTANT"), "two", " ", "</s>"),
         Template("v1", _HUMAN_SYSTEM, ("Human", "Assistant"), "single_nl", "###"),
+        Template("sensorllm", _SENSORLLM_SYSTEM, ("user", "assistant"), "llama3", "<|eot_id|>"),
     )
 }
 

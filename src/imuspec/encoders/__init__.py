@@ -1,0 +1,1 @@
+"""Sensor encoders: raw sensor tensors in, features for a multimodal LM out."""

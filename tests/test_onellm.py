@@ -1,0 +1,255 @@
+"""OneLLM's IMU draft against a functional re-implementation of csuhan/OneLLM's forward on the original key layout."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import fixture_path
+from imuspec import CheckpointError, Decoder, GenerationConfig, generate
+from imuspec.encoders.onellm_imu import OneLLMIMUConfig, OneLLMIMUEncoder, onellm_window
+from imuspec.models.onellm import OneLLM, OneLLMConfig
+from imuspec.templates import get_template
+
+IMU = OneLLMIMUConfig(width=32, clip_layers=2, clip_heads=4, expert_layers=2, expert_heads=4, multiple_of=16, out_dim=48)
+CFG = OneLLMConfig(dim=48, n_layers=2, n_heads=4, multiple_of=16, max_seq_len=256, imu=IMU)
+
+
+def ffn_dim(dim, multiple_of):
+    h = int(2 * 4 * dim / 3)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+
+def original_checkpoint(seed=0):
+    """Random tensors under OneLLM's own key names and shapes (MetaModel.llma), other modalities included."""
+    g = torch.Generator().manual_seed(seed)
+    w, d, v = IMU.width, CFG.dim, CFG.vocab_size
+    shapes = {"llma.tok_embeddings.weight": (v, d), "llma.norm.weight": (d,), "llma.output.weight": (v, d)}
+    f = ffn_dim(d, CFG.multiple_of)
+    for i in range(CFG.n_layers):
+        p = f"llma.layers.{i}."
+        shapes |= {p + f"attention.w{n}.weight": (d, d) for n in "qkvo"}
+        shapes |= {p + "feed_forward.w1.weight": (f, d), p + "feed_forward.w2.weight": (d, f),
+                   p + "feed_forward.w3.weight": (f, d), p + "attention_norm.weight": (d,), p + "ffn_norm.weight": (d,)}
+    vis = "llma.clip.visual."
+    shapes |= {vis + "class_embedding": (w,), vis + "positional_embedding": (257, w), vis + "conv1.weight": (w, 3, 14, 14),
+               vis + "ln_pre.weight": (w,), vis + "ln_pre.bias": (w,), vis + "ln_post.weight": (w,),
+               vis + "ln_post.bias": (w,), vis + "proj": (w, 24), "llma.clip.token_embedding.weight": (50, 24)}
+    for j in range(IMU.clip_layers):
+        p = f"{vis}transformer.resblocks.{j}."
+        shapes |= {p + "ln_1.weight": (w,), p + "ln_1.bias": (w,), p + "attn.in_proj_weight": (3 * w, w),
+                   p + "attn.in_proj_bias": (3 * w,), p + "attn.out_proj.weight": (w, w), p + "attn.out_proj.bias": (w,),
+                   p + "ln_2.weight": (w,), p + "ln_2.bias": (w,), p + "mlp.c_fc.weight": (4 * w, w),
+                   p + "mlp.c_fc.bias": (4 * w,), p + "mlp.c_proj.weight": (w, 4 * w), p + "mlp.c_proj.bias": (w,)}
+    fe = ffn_dim(w, CFG.multiple_of)
+    for e in range(3):
+        for n in range(IMU.expert_layers):
+            p = f"llma.resample_layers.{e}.{n}."
+            shapes |= {p + f"attention.w{m}.weight": (w, w) for m in "qkvo"}
+            shapes |= {p + "feed_forward.w1.weight": (fe, w), p + "feed_forward.w2.weight": (w, fe),
+                       p + "feed_forward.w3.weight": (fe, w), p + "attention_norm.weight": (w,),
+                       p + "ffn_norm.weight": (w,)}
+    for modal in ("imu", "audio"):
+        shapes |= {f"llma.conv1.{modal}.weight": (w, 6, 10) if modal == "imu" else (w, 1, 16, 16),
+                   f"llma.positional_embedding.{modal}": (392, w) if modal == "imu" else (1213, w),
+                   f"llma.resample_tokens.{modal}": (1, 30, w),
+                   f"llma.routers.{modal}.fc1.weight": (4 * w, w), f"llma.routers.{modal}.fc1.bias": (4 * w,),
+                   f"llma.routers.{modal}.fc2.weight": (3, 4 * w), f"llma.routers.{modal}.fc2.bias": (3,),
+                   f"llma.clip_proj1.{modal}.0.weight": (w, w), f"llma.clip_proj1.{modal}.0.bias": (w,),
+                   f"llma.clip_proj1.{modal}.1.weight": (w,), f"llma.clip_proj1.{modal}.1.bias": (w,),
+                   f"llma.clip_proj2.{modal}.0.weight": (d, w), f"llma.clip_proj2.{modal}.0.bias": (d,),
+                   f"llma.clip_proj2.{modal}.1.weight": (d,), f"llma.clip_proj2.{modal}.1.bias": (d,),
+                   f"llma.start_tag.{modal}": (1, 1, d), f"llma.end_tag.{modal}": (1, 1, d)}
+    sd = {}
+    for k, s in shapes.items():
+        x = torch.randn(s, generator=g)
+        gain = k.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", ".1.weight"))
+        sd[k] = 1 + 0.1 * x if gain else x / math.sqrt(s[-1]) if len(s) == 2 else 0.1 * x
+    return sd
+
+
+# --- a functional OneLLM, written from model/LLM/onellm.py and open_clip 2.23, reading the original keys ---
+
+def _ln(sd, p, x):
+    return F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], 1e-5)
+
+
+def _rms(x, w, eps=1e-5):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def _attend(q, k, v, heads, causal):
+    t, d = q.shape
+    q, k, v = (z.view(-1, heads, d // heads).transpose(0, 1) for z in (q, k, v))
+    s = q @ k.transpose(1, 2) / math.sqrt(d // heads)
+    if causal:
+        s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    return (s.softmax(-1) @ v).transpose(0, 1).reshape(t, d)
+
+
+def _llama_block(sd, p, h, heads, rope=None):
+    x = _rms(h, sd[p + "attention_norm.weight"])
+    q, k, v = (x @ sd[p + f"attention.w{n}.weight"].T for n in "qkv")
+    if rope is not None:  # OneLLM's apply_rotary_emb: interleaved pairs as complex numbers
+        t, d = q.shape
+        rot = lambda z: torch.view_as_real(torch.view_as_complex(z.view(t, heads, -1, 2)) * rope[:, None]).reshape(t, d)
+        q, k = rot(q), rot(k)
+    h = h + _attend(q, k, v, heads, causal=rope is not None) @ sd[p + "attention.wo.weight"].T
+    x = _rms(h, sd[p + "ffn_norm.weight"])
+    f = F.silu(x @ sd[p + "feed_forward.w1.weight"].T) * (x @ sd[p + "feed_forward.w3.weight"].T)
+    return h + f @ sd[p + "feed_forward.w2.weight"].T
+
+
+def reference_imu_tokens(sd, imu):
+    w = IMU.width
+    x = F.conv1d(imu[None], sd["llma.conv1.imu.weight"])[0].T
+    x = torch.cat([sd["llma.clip.visual.class_embedding"][None], x]) + sd["llma.positional_embedding.imu"]
+    x = _ln(sd, "llma.clip.visual.ln_pre", x)
+    for j in range(IMU.clip_layers):
+        p = f"llma.clip.visual.transformer.resblocks.{j}."
+        h = _ln(sd, p + "ln_1", x)
+        q, k, v = (h @ sd[p + "attn.in_proj_weight"].T + sd[p + "attn.in_proj_bias"]).split(w, -1)
+        x = x + _attend(q, k, v, IMU.clip_heads, False) @ sd[p + "attn.out_proj.weight"].T + sd[p + "attn.out_proj.bias"]
+        h = _ln(sd, p + "ln_2", x) @ sd[p + "mlp.c_fc.weight"].T + sd[p + "mlp.c_fc.bias"]
+        x = x + (h * torch.sigmoid(1.702 * h)) @ sd[p + "mlp.c_proj.weight"].T + sd[p + "mlp.c_proj.bias"]
+    x = _ln(sd, "llma.clip.visual.ln_post", x)
+    x = _ln(sd, "llma.clip_proj1.imu.1", x @ sd["llma.clip_proj1.imu.0.weight"].T + sd["llma.clip_proj1.imu.0.bias"])
+    x = torch.cat([sd["llma.resample_tokens.imu"][0], x])
+    r = F.gelu(x @ sd["llma.routers.imu.fc1.weight"].T + sd["llma.routers.imu.fc1.bias"])
+    r = (r @ sd["llma.routers.imu.fc2.weight"].T + sd["llma.routers.imu.fc2.bias"]).sigmoid()
+    r = r / r.sum(-1, keepdim=True)
+    out = 0
+    for e in range(3):
+        h = x
+        for n in range(IMU.expert_layers):
+            h = _llama_block(sd, f"llma.resample_layers.{e}.{n}.", h, IMU.expert_heads)
+        out = out + h[:30] * r[:30, e:e + 1]
+    out = _ln(sd, "llma.clip_proj2.imu.1", out @ sd["llma.clip_proj2.imu.0.weight"].T + sd["llma.clip_proj2.imu.0.bias"])
+    return torch.cat([sd["llma.start_tag.imu"][0], out, sd["llma.end_tag.imu"][0]])
+
+
+def reference_logits(sd, ids, imu):
+    """Transformer.forward(examples, image, modal=['imu']): BOS, start tag, IMU tokens, end tag, the rest."""
+    h = sd["llma.tok_embeddings.weight"][torch.tensor(ids)]
+    h = torch.cat([h[:1], reference_imu_tokens(sd, imu), h[1:]])
+    hd = CFG.dim // CFG.n_heads
+    freqs = torch.outer(torch.arange(len(h)).float(), 1.0 / 10000 ** (torch.arange(0, hd, 2).float() / hd))
+    rope = torch.polar(torch.ones_like(freqs), freqs)
+    for i in range(CFG.n_layers):
+        h = _llama_block(sd, f"llma.layers.{i}.", h, CFG.n_heads, rope)
+    return _rms(h, sd["llma.norm.weight"]) @ sd["llma.output.weight"].T
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    sd = original_checkpoint()
+    path = tmp_path_factory.mktemp("onellm") / "consolidated.00-of-01.pth"
+    torch.save(sd, path)
+    return path, sd
+
+
+def window(seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).normal(0, 3, (6, 400)).astype(np.float32))
+
+
+def test_logits_equal_the_original_forward(checkpoint):
+    path, sd = checkpoint
+    tok_dir = fixture_path("llama2_tokenizer", "tokenizer.model").parent
+    m = OneLLM.from_pretrained(path, tok_dir, CFG)
+    imu, query = window(), "Describe the scene."
+    emb = m.prompt_embeds(query, imu)
+    ids = m.tokenizer.encode(get_template("v1").prompt(query))
+    assert emb.shape == (len(ids) + 32, CFG.dim)
+    m.decoder.setup_cache(len(emb))
+    with torch.no_grad():
+        ours = m.decoder(embeds=emb[None])[0]
+        ref = reference_logits(sd, ids, imu)
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (ours - ref).abs().max()
+    # the IMU tokens differ between windows: the encoder is really in the path
+    assert not torch.allclose(m.prompt_embeds(query, window(1))[1:33], emb[1:33])
+
+
+def test_speculative_with_the_onellm_draft_gives_the_targets_output(checkpoint):
+    path, _ = checkpoint
+    m = OneLLM.from_pretrained(path, fixture_path("llama2_tokenizer", "tokenizer.model").parent, CFG)
+    target = Decoder(m.decoder.config).eval()  # a text-only target of the same vocabulary: the draft's LLM, no IMU
+    target.load_state_dict(m.decoder.state_dict())
+    query = "What is the person doing?"
+    t_prompt = torch.tensor(m.tokenizer.encode(get_template("v1").prompt(query)))
+    d_prompt = m.prompt_embeds(query, window())
+    cfg = GenerationConfig(max_new_tokens=16, gamma=3)
+    target.setup_cache(len(t_prompt) + 32)
+    m.decoder.setup_cache(len(d_prompt) + 32)
+    alone = generate(target, t_prompt, cfg)
+    spec = generate(target, t_prompt, cfg, m.decoder, d_prompt)
+    assert spec.tokens == alone.tokens and len(alone.tokens) == 16
+    assert spec.stats.steps < 16  # some drafts were accepted
+
+
+def test_missing_keys_are_named(tmp_path):
+    tok_dir = fixture_path("llama2_tokenizer", "tokenizer.model").parent
+    for key in ("llma.routers.imu.fc1.weight", "llma.layers.1.attention.wk.weight",
+                "llma.clip.visual.transformer.resblocks.1.attn.in_proj_weight", "llma.resample_layers.2.1.ffn_norm.weight"):
+        sd = original_checkpoint()
+        del sd[key]
+        torch.save(sd, tmp_path / "c.pth")
+        with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+            OneLLM.from_pretrained(tmp_path / "c.pth", tok_dir, CFG)
+    sd = original_checkpoint()
+    sd["llma.conv1.imu.weight"] = torch.zeros(IMU.width, 6, 12)
+    torch.save(sd, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match=r"conv1\.weight.*\(32, 6, 12\)"):
+        OneLLM.from_pretrained(tmp_path / "c.pth", tok_dir, CFG)
+    with pytest.raises(CheckpointError, match="file not found"):
+        OneLLM.from_pretrained(tmp_path / "absent.pth", tok_dir, CFG)
+
+
+def test_encoder_rejects_bad_windows():
+    enc = OneLLMIMUEncoder(IMU).eval()
+    with pytest.raises(ValueError, match=r"\(B, 6, 400\), got \(1, 6, 399\)"):
+        enc(torch.zeros(1, 6, 399))
+    with pytest.raises(ValueError, match=r"\(B, 6, 400\), got \(1, 400, 6\)"):
+        enc(torch.zeros(1, 400, 6))
+    bad = torch.zeros(1, 6, 400)
+    bad[0, 2, 7] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        enc(bad)
+
+
+def test_window_resampling():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(450, 6))
+    assert torch.equal(onellm_window(x, 200), torch.from_numpy(x[:400].T.astype(np.float32)))  # 200 Hz: as is
+    assert torch.equal(onellm_window(x, 200, start=50), torch.from_numpy(x[50:].T.astype(np.float32)))
+    # 50 Hz → 200 Hz: a 2 Hz sine comes out as the same sine sampled at 200 Hz (away from the edges)
+    t50, t200 = np.arange(150) / 50, np.arange(400) / 200
+    up = onellm_window(np.repeat(np.sin(2 * np.pi * 2 * t50)[:, None], 6, 1), 50)
+    assert np.abs(up[0, 40:360].numpy() - np.sin(2 * np.pi * 2 * t200[40:360])).max() < 0.02
+    # 800 Hz → 200 Hz: 5 Hz passes, 150 Hz (above the new Nyquist, 100 Hz) is filtered out instead of aliasing
+    t800 = np.arange(1700) / 800
+    x = np.sin(2 * np.pi * 5 * t800) + np.sin(2 * np.pi * 150 * t800)
+    down = onellm_window(np.repeat(x[:, None], 6, 1), 800)[0, 40:360].numpy()
+    assert np.abs(down - np.sin(2 * np.pi * 5 * t200[40:360])).max() < 0.05
+    # a real 50 Hz smartwatch recording: 2 s become 400 samples at 200 Hz with the same slow content
+    watch = np.load(fixture_path("watch_imu", "watch_imu.npz"))
+    rec = watch["samples"][watch["offsets"][0]:watch["offsets"][1]].astype(np.float64)
+    w = onellm_window(rec, 50, start=200)
+    assert w.shape == (6, 400) and torch.isfinite(w).all()
+    assert np.allclose(w[:, 40:360:4].numpy().T, rec[60:140], atol=0.1 * np.abs(rec[50:150]).max())
+
+
+def test_window_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"too short: 90 samples at 50 Hz \(1.800 s\)"):
+        onellm_window(np.zeros((90, 6)), 50)
+    with pytest.raises(ValueError, match=r"too short"):
+        onellm_window(np.zeros((450, 6)), 200, start=100)
+    with pytest.raises(ValueError, match=r"shape \(N, 6\).*\(400, 3\)"):
+        onellm_window(np.zeros((400, 3)), 200)
+    x = np.zeros((400, 6))
+    x[17, 4] = np.nan
+    with pytest.raises(ValueError, match="row 17, channel 4"):
+        onellm_window(x, 200)
+    with pytest.raises(ValueError, match="positive rate"):
+        onellm_window(np.zeros((400, 6)), 0)
