@@ -8,6 +8,7 @@ from conftest import fixture_path
 
 from imuspec.cli import main
 from imuspec.events import EventError, EventSimulator, SimulatorConfig, frames_from_video, read_events, simulate
+from imuspec.video import VideoError
 from imuspec.events.simulator import to_gray
 
 EPS = 1e-3
@@ -192,7 +193,7 @@ def test_simulator_bad_input(tmp_path):
     with pytest.raises(EventError, match="one frame, expected at least two"):
         simulate(iter([(f, 0)]))
     (tmp_path / "v.mp4").write_text("not a video")
-    with pytest.raises(EventError, match=r"v\.mp4: not a readable video"):
-        frames_from_video(tmp_path / "v.mp4")
-    with pytest.raises(FileNotFoundError, match="nope.mp4: file not found"):
-        frames_from_video(tmp_path / "nope.mp4")
+    with pytest.raises(VideoError, match=r"v\.mp4: not a readable video"):
+        list(frames_from_video(tmp_path / "v.mp4"))
+    with pytest.raises(FileNotFoundError, match="nope.mp4: no such video file"):
+        list(frames_from_video(tmp_path / "nope.mp4"))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..video import iter_frames
 from .stream import EventError, EventStream
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as v2e's OpenCV grey conversion
@@ -145,32 +146,5 @@ def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig
 
 
 def frames_from_video(path: str | Path) -> Iterator[tuple[np.ndarray, float]]:
-    """Decode a video with PyAV: (grey uint8 HxW frame, timestamp in µs) in presentation order. The file is opened
-    here, so a missing or unreadable one fails at the call, not at the first frame."""
-    import av
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        raise EventError(f"{path}: not a readable video ({e})") from None
-    if not container.streams.video:
-        container.close()
-        raise EventError(f"{path}: no video stream")
-    return _decode(container)
-
-
-def _decode(container) -> Iterator[tuple[np.ndarray, float]]:
-    with container:
-        for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="gray"), frame.time * 1e6
-
-
-def video_frame_count(path: str | Path) -> int | None:
-    """The frame count the container states, if any (for the progress bar)."""
-    import av
-
-    with av.open(str(path)) as c:
-        return c.streams.video[0].frames or None
+    """(grey uint8 HxW frame, timestamp in µs) of each frame, decoded by :func:`imuspec.video.iter_frames`."""
+    return ((np.rint(to_gray(frame) * 255).astype(np.uint8), t * 1e6) for t, frame in iter_frames(path))
