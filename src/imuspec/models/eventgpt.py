@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig
 
-from ..checkpoint import CheckpointError, empty_decoder, load_into, load_state_dict, read_json
+from ..checkpoint import CheckpointError, build_decoder, load_into, load_state_dict, read_json
 from ..model import Decoder, LlamaConfig
 from ..multimodal import splice, tokenize_with_placeholder
 from ..templates import Tokenizer, get_template
@@ -109,10 +109,6 @@ class EventGPT(nn.Module):
             load_tower(encoder.visual_tower, tower_sd, f"{folder} ({TOWER_PREFIX}*)")
         else:
             load_tower(encoder.visual_tower, load_state_dict(tower_source), str(tower_source))
-        decoder = empty_decoder(cfg)
         for name in ("visual_projector", "feature_adaptor"):
             load_into(getattr(encoder, name), take(sd, f"model.{name}."), f"{folder} (model.{name}.*)")
-        load_into(decoder, sd, str(folder), ("lm_head.weight",) if cfg.tie_word_embeddings else ())
-        if cfg.tie_word_embeddings:
-            decoder.lm_head.weight = decoder.model.embed_tokens.weight
-        return cls(decoder, encoder, tok).to(device=device, dtype=dtype).eval()
+        return cls(build_decoder(cfg, sd, str(folder)), encoder, tok).to(device=device, dtype=dtype).eval()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from transformers import VideoLlavaConfig
 from transformers.models.video_llava.modeling_video_llava import VideoLlavaMultiModalProjector
 
-from ..checkpoint import CheckpointError, empty_decoder, load_into, load_state_dict, read_json
+from ..checkpoint import CheckpointError, build_decoder, load_into, load_state_dict, read_json
 from ..model import Decoder, LlamaConfig
 from ..multimodal import splice, tokenize_with_placeholder
 from ..templates import Tokenizer, get_template
@@ -77,20 +77,19 @@ class VideoLLaVA(nn.Module):
             raise CheckpointError(f"{folder / 'config.json'}: model_type is {d.get('model_type')!r}, expected 'video_llava'")
         config = VideoLlavaConfig.from_dict(d)
         text = LlamaConfig.from_hf(config.text_config.to_dict())
-        model = cls(empty_decoder(text), config, Tokenizer(folder))
-        if model.tokenizer.vocab_size > text.vocab_size:
-            raise CheckpointError(f"{folder}: the tokenizer has {model.tokenizer.vocab_size} tokens, the embedding "
+        tokenizer = Tokenizer(folder)
+        if tokenizer.vocab_size > text.vocab_size:
+            raise CheckpointError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens, the embedding "
                                   f"table only {text.vocab_size} (config.json 'text_config.vocab_size')")
         sd = load_state_dict(folder)
-        load_tower(model.video_tower, take(sd, "model.video_tower.", "video_tower."), f"{folder} (video_tower.*)")
-        load_into(model.multi_modal_projector, take(sd, "model.multi_modal_projector.", "multi_modal_projector."),
-                  f"{folder} (multi_modal_projector.*)")
+        tower = take(sd, "model.video_tower.", "video_tower.")
+        projector = take(sd, "model.multi_modal_projector.", "multi_modal_projector.")
         take(sd, "model.image_tower.", "image_tower.")
         lm = {}
         for k, v in sd.items():
             p = next((p for p in _LM_PREFIXES if k.startswith(p)), "")
             lm[_LM_PREFIXES.get(p, "") + k[len(p):]] = v
-        load_into(model.decoder, lm, f"{folder} (language model)", ("lm_head.weight",) if text.tie_word_embeddings else ())
-        if text.tie_word_embeddings:
-            model.decoder.lm_head.weight = model.decoder.model.embed_tokens.weight
+        model = cls(build_decoder(text, lm, f"{folder} (language model)"), config, tokenizer)
+        load_tower(model.video_tower, tower, f"{folder} (video_tower.*)")
+        load_into(model.multi_modal_projector, projector, f"{folder} (multi_modal_projector.*)")
         return model.to(device=device, dtype=dtype).eval()
