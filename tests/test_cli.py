@@ -74,3 +74,39 @@ def test_bench_engine_json(capsys):
     assert 0 < r["alpha"] <= 1 and r["tau"] >= 1 and r["c"] > 0
     assert r["hf_generate_tokens_per_s"] > 0 and r["hf_assisted_tokens_per_s"] > 0
     assert r["predicted_speedup"] > 0 and r["measured_over_predicted"] > 0
+
+
+def text_draft(folder, vocab_size: int, seed: int = 3):
+    """A one-layer LLaMA of the target's vocabulary, without a tokenizer of its own (it borrows the target's)."""
+    torch.manual_seed(seed)
+    LlamaForCausalLM(HFConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4)).save_pretrained(folder)
+    return folder
+
+
+def test_generate_eventgpt_target_on_a_real_event_file(tmp_path, capsys):
+    from test_eventgpt import QUERY, VOCAB, checkpoint_336
+
+    target, _ = checkpoint_336(tmp_path)
+    draft = text_draft(tmp_path / "draft", VOCAB)
+    common = ["generate", "--target", str(target), "--events", str(fixture_path("eventgpt", "sample1.npy")),
+              "--prompt", QUERY, "--max-new-tokens", "10", "--json"]
+    alone = run_json(capsys, *common)
+    spec = run_json(capsys, *common, "--draft", str(draft), "--template", "llava_v1", "--gamma", "3")
+    assert spec["token_ids"] == alone["token_ids"] and spec["stats"]["steps"] >= 1
+    assert main(["generate", "--target", str(target), "--prompt", QUERY]) == 2
+    assert "EventGPT checkpoint: give the event file with --events FILE" in capsys.readouterr().err
+
+
+def test_generate_videollava_target_on_a_real_video(tmp_path, capsys):
+    from test_videollava import QUERY, VOCAB, tiny_checkpoint
+
+    target, _ = tiny_checkpoint(tmp_path / "videollava")
+    draft = text_draft(tmp_path / "draft", VOCAB)
+    common = ["generate", "--target", str(target), "--video", str(fixture_path("videos", "sample_demo_1.mp4")),
+              "--prompt", QUERY, "--max-new-tokens", "10", "--json"]
+    alone = run_json(capsys, *common)
+    spec = run_json(capsys, *common, "--draft", str(draft), "--gamma", "2")
+    assert spec["token_ids"] == alone["token_ids"]
+    assert main(["generate", "--target", str(checkpoint(tmp_path / "text", 0, 1)), "--prompt", "hi", "--video", "x.mp4"]) == 2
+    assert "--events and --video need an EventGPT or Video-LLaVA target" in capsys.readouterr().err

@@ -189,11 +189,8 @@ def test_bad_inputs(ckpt, tmp_path):
         EventGPT.from_pretrained(broken("h", mm_visual_tower="/nowhere/clip"))
 
 
-def test_real_event_file_end_to_end(tmp_path):
-    """fixtures/eventgpt/sample1.npy → imuspec.events' five CLIP-processed frames → a tiny EventGPT whose tower takes
-    336 px in 3×3 patches of 112: 5 temporal + 10 spatial tokens; logits equal the independent reference."""
-    from imuspec.events import eventgpt_pixel_values, read_events
-
+def checkpoint_336(tmp_path):
+    """A tiny EventGPT whose tower takes real 336 px frames in 3×3 patches of 112 (5 + 10 event tokens)."""
     torch.manual_seed(0)
     lm = LlamaForCausalLM(HFLlamaConfig(**TINY_LM)).eval()
     clip = CLIPVisionModel(CLIPVisionConfig(**{**TINY_CLIP, "image_size": 336, "patch_size": 112})).eval()
@@ -201,6 +198,15 @@ def test_real_event_file_end_to_end(tmp_path):
     clip.config.save_pretrained(tmp_path / "clip")
     folder = write_checkpoint(tmp_path / "eventgpt", original_state_dict(lm, clip, proj, adaptor), lm,
                               mm_visual_tower=str(tmp_path / "clip"))
+    return folder, (lm, clip, proj, adaptor)
+
+
+def test_real_event_file_end_to_end(tmp_path):
+    """fixtures/eventgpt/sample1.npy → imuspec.events' five CLIP-processed frames → a tiny EventGPT whose tower takes
+    336 px in 3×3 patches of 112: 5 temporal + 10 spatial tokens; logits equal the independent reference."""
+    from imuspec.events import eventgpt_pixel_values, read_events
+
+    folder, (lm, clip, proj, adaptor) = checkpoint_336(tmp_path)
     m = EventGPT.from_pretrained(folder)
     pixels = eventgpt_pixel_values(read_events(fixture_path("eventgpt", "sample1.npy")))
     assert pixels.shape == (5, 3, 336, 336)

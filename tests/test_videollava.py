@@ -22,17 +22,21 @@ TINY_CLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_
 QUERY = "Why is this video funny?"
 
 
-@pytest.fixture(scope="module")
-def hf_ckpt(tmp_path_factory):
+def tiny_checkpoint(folder):
+    """A random tiny VideoLlavaForConditionalGeneration saved as transformers saves it, with the LLaMA-2 tokenizer."""
     torch.manual_seed(0)
     cfg = VideoLlavaConfig(vision_config=CLIPVisionConfig(**TINY_CLIP).to_dict(),
                            text_config=HFLlamaConfig(**TINY_LM).to_dict(), image_token_index=32000,
                            video_token_index=32001, video_seq_length=40)
     hf = VideoLlavaForConditionalGeneration(cfg).eval()
-    folder = tmp_path_factory.mktemp("videollava")
     hf.save_pretrained(folder)
     shutil.copy(fixture_path("llama2_tokenizer", "tokenizer.model"), folder / "tokenizer.model")
     return folder, hf
+
+
+@pytest.fixture(scope="module")
+def hf_ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("videollava"))
 
 
 def relayout(src, dst, rename):

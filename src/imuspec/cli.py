@@ -18,38 +18,38 @@ def _device(name: str | None) -> str:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .checkpoint import load_decoder
+    from .families import load_draft, load_target
     from .sampling import Sampling
     from .speculative import GenerationConfig, generate
-    from .templates import Tokenizer, get_template
+    from .templates import get_template
 
-    template = get_template(a.template) if a.template else None  # unknown names fail before any loading
+    if a.template:
+        get_template(a.template)  # an unknown name fails before any loading
     dev, dtype = _device(a.device), DTYPES[a.dtype]
-    tok = Tokenizer(a.target)
-    text = template.prompt(a.prompt) if template else a.prompt
-    prompt = torch.tensor(tok.encode(text, bos=True), device=dev)
-    target = load_decoder(a.target, dtype, dev)
-    draft = load_decoder(a.draft, dtype, dev) if a.draft else None
+    target = load_target(a.target, a.prompt, a.template, a.events, a.video, dtype, dev)
+    draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, dtype, dev) if a.draft else None
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         gamma=a.gamma,
         sampling=Sampling(a.temperature, a.top_k, a.top_p),
         seed=a.seed,
-        eos_token_ids=tuple(target.config.eos_ids),
+        eos_token_ids=tuple(target.decoder.config.eos_ids),
     )
-    need = len(prompt) + cfg.max_new_tokens + cfg.gamma
-    limit = target.config.max_position_embeddings
-    if need > limit:
-        raise ValueError(
-            f"the prompt is {len(prompt)} tokens; with --max-new-tokens {a.max_new_tokens} and "
-            f"--gamma {a.gamma} it needs {need} positions, more than the target's max_position_embeddings {limit}"
-        )
-    for m in (target, draft) if draft else (target,):
-        m.setup_cache(need)
+    for side, role in ((target, "target"), (draft, "draft")):
+        if side is None:
+            continue
+        need = len(side.prompt) + cfg.max_new_tokens + (cfg.gamma if draft else 0)
+        limit = side.decoder.config.max_position_embeddings
+        if need > limit:
+            raise ValueError(
+                f"the {role} prompt is {len(side.prompt)} tokens; with --max-new-tokens {a.max_new_tokens} and "
+                f"--gamma {a.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}"
+            )
+        side.decoder.setup_cache(need)
         if a.compile:
-            m.compile_steps()
-    g = generate(target, prompt, cfg, draft, prompt if draft else None)
-    text = tok.decode(g.tokens)
+            side.decoder.compile_steps()
+    g = generate(target.decoder, target.prompt, cfg, draft and draft.decoder, draft and draft.prompt)
+    text = target.tokenizer.decode(g.tokens)
     if a.json:
         s = g.stats.to_dict()
         keys = ("steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
     g.add_argument("--draft", help="draft model folder (same vocabulary); without it the target decodes alone")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--template", help="conversation template (vicuna_v1, llava_v1, eventgpt_v1, v1); default: none")
+    g.add_argument("--template", help="template for text-only sides (vicuna_v1, llava_v1, eventgpt_v1, v1); "
+                   "default: the prompt as it is. Multimodal families use their own")
+    g.add_argument("--events", help="event file for an EventGPT target (.npy, .aedat4, .h5, .txt)")
+    g.add_argument("--video", help="video file for a Video-LLaVA target")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
