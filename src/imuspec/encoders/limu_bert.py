@@ -174,3 +174,19 @@ def span_mask(seq_len: int, rng: np.random.Generator, ratio: float = 0.15, max_g
             continue
         pos.update(range(anchor, min(anchor + n, seq_len - 1)))
     return np.array(sorted(pos))
+
+
+def mask_windows(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Copies of windows ``x`` [B, S, F] with the time steps ``positions`` [B, M] zeroed, as pretraining masks them."""
+    out = x.copy()
+    out[np.arange(len(x))[:, None], positions] = 0.0
+    return out
+
+
+def interpolate_masked(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The no-learning baseline [B, M, F]: each channel linearly interpolated across the masked steps."""
+    out = np.empty((len(x), positions.shape[1], x.shape[2]), dtype=x.dtype)
+    for i, (w, pos) in enumerate(zip(x, positions)):
+        keep = np.setdiff1d(np.arange(len(w)), pos)
+        out[i] = np.stack([np.interp(pos, keep, w[keep, c]) for c in range(w.shape[1])], 1)
+    return out
