@@ -134,6 +134,9 @@ def test_sensorcaps_and_opensqa_fixtures():
     assert r.meta["label"] == "standing" and r.meta["features"].startswith("Standing still")
     assert r.meta["narration"].startswith("The gyroscope readings") and r.meta["qa"] == []
     assert len(qa[0].meta["qa"]) == 10 and qa[0].meta["qa"][0][1].startswith("The gyroscope readings close to zero")
+    # answers come as "- Answer:", "Answer:", "1. **Answer:**" or a bare "- " line; two windows have 6 pairs
+    assert [len(r.meta["qa"]) for r in qa].count(10) == 38 and sum(len(r.meta["qa"]) for r in qa) == 392
+    assert all(a and "Answer" not in a[:12] for r in qa for _, a in r.meta["qa"])
     np.testing.assert_array_equal(qa[0].accel, r.accel)
     assert r.gyro[0].tolist() == [-0.00943, -0.008636, -0.001587]
     assert read_imu(fixture_path("llasa", "sensorcaps_untrained_10hz.jsonl"), index=3).meta["label"] == caps[3].meta["label"]

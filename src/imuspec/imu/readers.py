@@ -116,7 +116,20 @@ def read_npy(path: str | Path, rate_hz: float = 20.0, accel_unit: str = "m/s^2",
     return from_array(data, rate_hz, accel_unit, gyro_unit, source=str(path), format="npy")
 
 
-_QA = re.compile(r"^\s*\d+\.\s*(.+?)\n\s*-\s*Answer:\s*(.+?)\s*(?=\n\s*\d+\.|\Z)", re.S | re.M)
+_QUESTION = re.compile(r"^\s*\d+[.)]\s+(?!\**\s*Answer)(.+)$")
+_ANSWER_MARK = re.compile(r"^\s*(?:\d+[.)]\s*)?(?:[-*]\s*)?(?:\*\*)?Answer\s*:\s*(?:\*\*)?\s*|^\s*[-*]\s+")
+
+
+def _qa_pairs(text: str) -> list[tuple[str, str]]:
+    """OpenSQA's numbered pairs; answers come as "Answer:", "- Answer:", "1. **Answer:**" or a bare "- " line."""
+    pairs: list[list[str]] = []
+    for line in text.splitlines():
+        m = _QUESTION.match(line)
+        if m:
+            pairs.append([m.group(1).strip(), ""])
+        elif pairs and line.strip():
+            pairs[-1][1] = (pairs[-1][1] + " " + _ANSWER_MARK.sub("", line, count=1).strip()).strip()
+    return [(q, a) for q, a in pairs if a]
 
 
 def _list_after(text: str, key: str, where: str) -> np.ndarray:
@@ -162,7 +175,7 @@ def read_sensorcaps_jsonl(path: str | Path, rate_hz: float = 10.0) -> list[IMURe
             "label": _field(user, "Summary"),
             "features": _field(user, "Features") or _field(reply, "Features"),
             "narration": _field(user, "Narration") or _field(reply, "Narration"),
-            "qa": [(q.strip(), a.strip()) for q, a in _QA.findall(reply)],
+            "qa": _qa_pairs(reply) if "Narration" in user else [],
         }
         out.append(from_array(np.concatenate([accel, gyro], 1), rate_hz, source=f"{path}[{len(out)}]",
                               format="sensorcaps_jsonl", meta=meta))
