@@ -1,0 +1,90 @@
+"""Preprocessing as pure functions: resampling, timestamped windows, and each model's input.
+
+The generic pieces are :func:`resample` (anti-aliased, timestamps kept) and :func:`windows` (fixed-length slices
+that keep their own timestamps); a model's input function is a composition of them plus its normalisation, e.g.
+OneLLM's 2 s at 200 Hz is ``windows(resample(rec.to_units(...), 200.0), 400)`` and Chronos takes one channel of
+``rec.data()``. LIMU-BERT / LLaSA is :func:`limu_bert_input`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from .recording import IMUError, IMURecording
+
+LIMU_RATE_HZ = 20.0
+LIMU_SEQ_LEN = 120
+LIMU_ACC_NORM = 9.8  # LIMU-BERT's Preprocess4Normalization divides m/s^2 by 9.8 (not 9.80665)
+
+
+def _uniform(rec: IMURecording) -> np.ndarray:
+    """All channels [N, C] on the uniform grid t0 + i / rate_hz (linear interpolation absorbs clock jitter)."""
+    x = np.concatenate([rec.accel, rec.gyro] + ([rec.mag] if rec.mag is not None else []), axis=1)
+    n = int(np.floor(rec.duration_s * rec.rate_hz + 1e-6)) + 1
+    grid = rec.t[0] + np.arange(n) / rec.rate_hz
+    if n == rec.n_samples and np.allclose(rec.t, grid, rtol=0, atol=1e-9):
+        return x
+    return np.stack([np.interp(grid, rec.t, c) for c in x.T], axis=1)
+
+
+def resample(rec: IMURecording, rate_hz: float, max_denominator: int = 1000) -> IMURecording:
+    """``rec`` at ``rate_hz``: polyphase FIR resampling (scipy's ``resample_poly``, Kaiser window), which low-passes
+    below the new Nyquist frequency before decimating, so downsampling does not alias.
+
+    Irregular timestamps are first interpolated onto the nominal grid. Edges are padded by line extension
+    (``padtype="line"``) so a gravity offset does not ring at the ends. New times are t0 + k / rate_hz.
+    """
+    if rate_hz <= 0:
+        raise IMUError(f"{rec.source}: target rate {rate_hz} Hz; expected a positive rate")
+    x = _uniform(rec)
+    ratio = Fraction(rate_hz / rec.rate_hz).limit_denominator(max_denominator)
+    if ratio == 1:
+        y = x
+    else:
+        y = resample_poly(x, ratio.numerator, ratio.denominator, axis=0, padtype="line")
+    t = rec.t[0] + np.arange(len(y)) / rate_hz
+    mag = y[:, 6:9] if rec.mag is not None else None
+    return replace(rec, t=t, accel=y[:, :3], gyro=y[:, 3:6], mag=mag, rate_hz=float(rate_hz))
+
+
+def windows(rec: IMURecording, length: int, hop: int | None = None, start: int = 0) -> list[IMURecording]:
+    """Consecutive windows of ``length`` samples every ``hop`` (default: no overlap), each keeping its timestamps;
+    a tail shorter than ``length`` is dropped."""
+    hop = hop or length
+    if length < 2 or hop < 1:
+        raise IMUError(f"{rec.source}: window length {length} / hop {hop}; expected length >= 2 and hop >= 1")
+    out = []
+    for i in range(start, rec.n_samples - length + 1, hop):
+        s = slice(i, i + length)
+        mag = rec.mag[s] if rec.mag is not None else None
+        out.append(replace(rec, t=rec.t[s], accel=rec.accel[s], gyro=rec.gyro[s], mag=mag,
+                           source=f"{rec.source}@{rec.t[i]:.3f}s"))
+    return out
+
+
+def limu_bert_normalize(rec: IMURecording) -> np.ndarray:
+    """[N, 6] float32 as LIMU-BERT and LLaSA feed it: accelerometer in m/s^2 / 9.8, gyroscope in rad/s."""
+    r = rec.to_units("m/s^2", "rad/s")
+    return np.concatenate([r.accel / LIMU_ACC_NORM, r.gyro], axis=1).astype(np.float32)
+
+
+def limu_bert_input(rec: IMURecording, start: int = 0) -> np.ndarray:
+    """One LIMU-BERT / LLaSA window (120, 6): 20 Hz, samples [start, start + 120) after resampling, normalised."""
+    r = resample(rec, LIMU_RATE_HZ) if rec.rate_hz != LIMU_RATE_HZ else rec
+    if r.n_samples < start + LIMU_SEQ_LEN:
+        raise IMUError(f"{rec.source}: {r.n_samples} samples at 20 Hz ({r.duration_s:.2f} s) from sample {start}; "
+                       f"expected at least {LIMU_SEQ_LEN} (6 s) for a LIMU-BERT window")
+    return limu_bert_normalize(r)[start:start + LIMU_SEQ_LEN]
+
+
+def limu_bert_windows(rec: IMURecording, hop: int = LIMU_SEQ_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """All LIMU-BERT windows of a recording: inputs [W, 120, 6] and their start times [W] (seconds)."""
+    r = resample(rec, LIMU_RATE_HZ) if rec.rate_hz != LIMU_RATE_HZ else rec
+    ws = windows(r, LIMU_SEQ_LEN, hop)
+    if not ws:
+        return np.zeros((0, LIMU_SEQ_LEN, 6), np.float32), np.zeros(0)
+    return np.stack([limu_bert_normalize(w) for w in ws]), np.array([w.t[0] for w in ws])
