@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from conftest import fixture_path
 from imuspec import CheckpointError, Decoder, GenerationConfig, generate
-from imuspec.encoders.onellm_imu import OneLLMIMUConfig, OneLLMIMUEncoder, onellm_window
+from imuspec.encoders.onellm_imu import OneLLMIMUConfig, OneLLMIMUEncoder
+from imuspec.imu import IMUError, from_array, read_imu
+from imuspec.imu.preprocess import onellm_input
 from imuspec.models.onellm import OneLLM, OneLLMConfig
 from imuspec.templates import get_template
 
@@ -218,38 +220,41 @@ def test_encoder_rejects_bad_windows():
         enc(bad)
 
 
+def input_of(x, rate_hz, start=0):
+    """onellm_input of raw (N, 6) samples in m/s^2 and rad/s (gravity-free test signals)."""
+    return torch.from_numpy(onellm_input(from_array(x, rate_hz, gravity=False), start))
+
+
 def test_window_resampling():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(450, 6))
-    assert torch.equal(onellm_window(x, 200), torch.from_numpy(x[:400].T.astype(np.float32)))  # 200 Hz: as is
-    assert torch.equal(onellm_window(x, 200, start=50), torch.from_numpy(x[50:].T.astype(np.float32)))
+    assert torch.equal(input_of(x, 200), torch.from_numpy(x[:400].T.astype(np.float32)))  # 200 Hz: as is
+    assert torch.equal(input_of(x, 200, start=50), torch.from_numpy(x[50:].T.astype(np.float32)))
     # 50 Hz → 200 Hz: a 2 Hz sine comes out as the same sine sampled at 200 Hz (away from the edges)
     t50, t200 = np.arange(150) / 50, np.arange(400) / 200
-    up = onellm_window(np.repeat(np.sin(2 * np.pi * 2 * t50)[:, None], 6, 1), 50)
+    up = input_of(np.repeat(np.sin(2 * np.pi * 2 * t50)[:, None], 6, 1), 50)
     assert np.abs(up[0, 40:360].numpy() - np.sin(2 * np.pi * 2 * t200[40:360])).max() < 0.02
     # 800 Hz → 200 Hz: 5 Hz passes, 150 Hz (above the new Nyquist, 100 Hz) is filtered out instead of aliasing
     t800 = np.arange(1700) / 800
     x = np.sin(2 * np.pi * 5 * t800) + np.sin(2 * np.pi * 150 * t800)
-    down = onellm_window(np.repeat(x[:, None], 6, 1), 800)[0, 40:360].numpy()
+    down = input_of(np.repeat(x[:, None], 6, 1), 800)[0, 40:360].numpy()
     assert np.abs(down - np.sin(2 * np.pi * 5 * t200[40:360])).max() < 0.05
-    # a real 50 Hz smartwatch recording: 2 s become 400 samples at 200 Hz with the same slow content
-    watch = np.load(fixture_path("watch_imu", "watch_imu.npz"))
-    rec = watch["samples"][watch["offsets"][0]:watch["offsets"][1]].astype(np.float64)
-    w = onellm_window(rec, 50, start=200)
+    # a real 50 Hz smartwatch recording (accel in g): 2 s become 400 samples at 200 Hz, accel in m/s^2
+    rec = read_imu(fixture_path("watch_imu", "watch_imu.npz"), index=0)
+    w = torch.from_numpy(onellm_input(rec, start=200))
+    raw = np.concatenate([rec.accel * 9.80665, rec.gyro], axis=1)
     assert w.shape == (6, 400) and torch.isfinite(w).all()
-    assert np.allclose(w[:, 40:360:4].numpy().T, rec[60:140], atol=0.1 * np.abs(rec[50:150]).max())
+    assert np.allclose(w[:, 40:360:4].numpy().T, raw[60:140], atol=0.1 * np.abs(raw[50:150]).max())
 
 
 def test_window_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"too short: 90 samples at 50 Hz \(1.800 s\)"):
-        onellm_window(np.zeros((90, 6)), 50)
-    with pytest.raises(ValueError, match=r"too short"):
-        onellm_window(np.zeros((450, 6)), 200, start=100)
-    with pytest.raises(ValueError, match=r"shape \(N, 6\).*\(400, 3\)"):
-        onellm_window(np.zeros((400, 3)), 200)
+    with pytest.raises(IMUError, match=r"at 200 Hz \(1.79 s\) from sample 0; expected at least 400 \(2 s\) for a OneLLM"):
+        input_of(np.zeros((90, 6)), 50)
+    with pytest.raises(IMUError, match=r"expected at least 400"):
+        input_of(np.zeros((450, 6)), 200, start=100)
+    with pytest.raises(IMUError, match=r"shape \(400, 3\); expected \[N, 6\]"):
+        input_of(np.zeros((400, 3)), 200)
     x = np.zeros((400, 6))
     x[17, 4] = np.nan
-    with pytest.raises(ValueError, match="row 17, channel 4"):
-        onellm_window(x, 200)
-    with pytest.raises(ValueError, match="positive rate"):
-        onellm_window(np.zeros((400, 6)), 0)
+    with pytest.raises(IMUError, match="NaN"):
+        input_of(x, 200)

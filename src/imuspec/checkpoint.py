@@ -31,7 +31,8 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
-def _load_one(path: Path) -> dict[str, torch.Tensor]:
+def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one file: safetensors, or a torch pickle read with ``weights_only=True`` (tensors only)."""
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
@@ -53,14 +54,14 @@ def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"{folder / index_name}: field 'weight_map' missing or not an object")
             sd = {}
             for shard in sorted(set(weight_map.values())):
-                sd.update(_load_one(folder / shard))
+                sd.update(load_weights_file(folder / shard))
             missing = sorted(set(weight_map) - set(sd))
             if missing:
                 raise CheckpointError(f"{folder / index_name}: keys listed but not in their shard: {missing[:5]}")
             return sd
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).exists():
-            return _load_one(folder / name)
+            return load_weights_file(folder / name)
     raise CheckpointError(
         f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json, "
         "pytorch_model.bin or pytorch_model.bin.index.json)"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, _load_one, load_into
+from ..checkpoint import CheckpointError, load_into, load_weights_file
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ class LimuBert(nn.Module):
     def from_pretrained(cls, path: str | Path, cfg: LimuBertConfig = LimuBertConfig()) -> LimuBert:
         """A LIMU-BERT pretraining state dict (``pretrain_base_*_20_120.pt``), read with ``weights_only=True``."""
         model = cls(cfg)
-        load_into(model, _load_one(Path(path)), str(path))
+        load_into(model, load_weights_file(Path(path)), str(path))
         return model.eval()
 
 

@@ -12,43 +12,14 @@ Parameter names are the checkpoint's without ``llma.`` and the ``.imu`` modality
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_into
+from ..imu.preprocess import ONELLM_WINDOW as WINDOW
 from ..model import RMSNorm
-
-RATE_HZ = 200
-WINDOW = 400  # 2 s at 200 Hz
-
-
-def onellm_window(x: np.ndarray, rate_hz: float, start: int = 0) -> Tensor:
-    """The (6, 400) OneLLM input: ``x`` (N, 6) at ``rate_hz`` resampled to 200 Hz (polyphase, anti-aliased), 400
-    samples from resampled index ``start``, raw units, channels first."""
-    from scipy.signal import resample_poly
-
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != 6:
-        raise ValueError(f"IMU samples: expected an array of shape (N, 6) (accel xyz, gyro xyz), got {x.shape}")
-    if not rate_hz > 0:
-        raise ValueError(f"IMU rate: expected a positive rate in Hz, got {rate_hz}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"IMU samples: {int(bad.sum())} NaN/inf values (first at row {row}, channel {col})")
-    ratio = Fraction(RATE_HZ / rate_hz).limit_denominator(1000)
-    y = x if ratio == 1 else resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
-    if start < 0 or start + WINDOW > len(y):
-        have = len(x) / rate_hz
-        raise ValueError(
-            f"IMU window too short: {len(x)} samples at {rate_hz:g} Hz ({have:.3f} s) give {len(y)} samples at "
-            f"{RATE_HZ} Hz; OneLLM needs {WINDOW} ({WINDOW / RATE_HZ:g} s) from index {start}"
-        )
-    return torch.from_numpy(y[start:start + WINDOW].T.astype(np.float32))
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,7 @@
 
 The generic pieces are :func:`resample` (anti-aliased, timestamps kept) and :func:`windows` (fixed-length slices
 that keep their own timestamps); a model's input function is a composition of them plus its normalisation, e.g.
-OneLLM's 2 s at 200 Hz is ``windows(resample(rec.to_units(...), 200.0), 400)`` and Chronos takes one channel of
-``rec.data()``. LIMU-BERT / LLaSA is :func:`limu_bert_input`.
+Chronos takes one channel of ``rec.data()``. LIMU-BERT / LLaSA is :func:`limu_bert_input`, OneLLM :func:`onellm_input`.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from .recording import IMUError, IMURecording
 LIMU_RATE_HZ = 20.0
 LIMU_SEQ_LEN = 120
 LIMU_ACC_NORM = 9.8  # LIMU-BERT's Preprocess4Normalization divides m/s^2 by 9.8 (not 9.80665)
+ONELLM_RATE_HZ = 200.0
+ONELLM_WINDOW = 400  # 2 s
 
 
 def _uniform(rec: IMURecording) -> np.ndarray:
@@ -72,13 +73,25 @@ def limu_bert_normalize(rec: IMURecording) -> np.ndarray:
     return np.concatenate([r.accel / LIMU_ACC_NORM, r.gyro], axis=1).astype(np.float32)
 
 
+def _window(rec: IMURecording, rate_hz: float, length: int, start: int, model: str) -> IMURecording:
+    """Samples [start, start + length) of ``rec`` at ``rate_hz``, or an error saying how much the model needs."""
+    r = resample(rec, rate_hz) if rec.rate_hz != rate_hz else rec
+    if start < 0 or r.n_samples < start + length:
+        raise IMUError(f"{rec.source}: {r.n_samples} samples at {rate_hz:g} Hz ({r.duration_s:.2f} s) from sample "
+                       f"{start}; expected at least {length} ({length / rate_hz:g} s) for a {model} window")
+    return windows(r, length, start=start)[0]
+
+
 def limu_bert_input(rec: IMURecording, start: int = 0) -> np.ndarray:
     """One LIMU-BERT / LLaSA window (120, 6): 20 Hz, samples [start, start + 120) after resampling, normalised."""
-    r = resample(rec, LIMU_RATE_HZ) if rec.rate_hz != LIMU_RATE_HZ else rec
-    if r.n_samples < start + LIMU_SEQ_LEN:
-        raise IMUError(f"{rec.source}: {r.n_samples} samples at 20 Hz ({r.duration_s:.2f} s) from sample {start}; "
-                       f"expected at least {LIMU_SEQ_LEN} (6 s) for a LIMU-BERT window")
-    return limu_bert_normalize(r)[start:start + LIMU_SEQ_LEN]
+    return limu_bert_normalize(_window(rec, LIMU_RATE_HZ, LIMU_SEQ_LEN, start, "LIMU-BERT"))
+
+
+def onellm_input(rec: IMURecording, start: int = 0) -> np.ndarray:
+    """One OneLLM window (6, 400), channels first: 2 s at 200 Hz from resampled sample ``start``, accelerometer in
+    m/s^2 and gyroscope in rad/s, not normalised (Ego4D's raw units, as OneLLM trained on them)."""
+    r = _window(rec.to_units("m/s^2", "rad/s"), ONELLM_RATE_HZ, ONELLM_WINDOW, start, "OneLLM")
+    return np.concatenate([r.accel, r.gyro], axis=1).T.astype(np.float32)
 
 
 def limu_bert_windows(rec: IMURecording, hop: int = LIMU_SEQ_LEN) -> tuple[np.ndarray, np.ndarray]:

@@ -252,20 +252,15 @@ def read_watch_npz(path: str | Path, rate_hz: float = 50.0) -> list[IMURecording
 def read_aedat4(path: str | Path) -> IMURecording:
     """The IMU stream of an AEDAT4 file (iniVation DAVIS / DVXplorer): microseconds, g, deg/s.
 
-    Times stay absolute (seconds since the epoch, like the event stream) so the two can be aligned; an all-zero
-    magnetometer (cameras without one) is dropped.
+    The file is decoded once, with its events, by :func:`imuspec.events.readers.read_aedat4`. Times stay absolute
+    (seconds since the epoch, like the event stream) so the two can be aligned; an all-zero magnetometer (cameras
+    without one) is dropped.
     """
-    import aedat
+    from ..events.readers import read_aedat4 as read_camera
 
-    path = Path(path)
-    try:
-        decoder = aedat.Decoder(str(path))
-        packets = [p["imus"] for p in decoder if "imus" in p]
-    except (OSError, RuntimeError, ValueError) as e:
-        raise IMUError(f"{path}: not a readable AEDAT4 file ({e})") from None
-    if not packets:
+    x = read_camera(path).imu
+    if x is None:
         raise IMUError(f"{path}: field 'imus': no IMU stream; expected an AEDAT4 file recorded with the IMU on")
-    x = np.concatenate(packets)
     t = x["t"].astype(np.int64) * 1e-6
     cols = lambda s: np.stack([x[f"{s}_{a}"] for a in "xyz"], 1)  # noqa: E731
     mag = cols("magnetometer")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, _load_one, build_decoder, load_into, load_state_dict, read_json
+from ..checkpoint import CheckpointError, build_decoder, load_into, load_state_dict, load_weights_file, read_json
 from ..encoders.limu_bert import Encoder, LimuBert, LimuBertConfig
 from ..imu.preprocess import limu_bert_input
 from ..imu.recording import IMURecording
@@ -57,7 +57,7 @@ def _lora_merge(sd: dict[str, Tensor], folder: Path) -> None:
     names = [n for n in ("adapter_model.safetensors", "adapter_model.bin") if (folder / n).exists()]
     if not names:
         raise CheckpointError(f"{folder}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin")
-    adapter, source = _load_one(folder / names[0]), str(folder / names[0])
+    adapter, source = load_weights_file(folder / names[0]), str(folder / names[0])
     stray = [k for k in adapter if not re.search(r"\.lora_[AB]\.weight$", k) or not k.startswith("base_model.model.")]
     if stray:
         raise CheckpointError(f"{source}: unexpected keys {stray[:5]} (expected base_model.model.<module>.lora_A/lora_B.weight)")
@@ -105,7 +105,7 @@ class LLaSA(nn.Module):
             if base is None:
                 raise CheckpointError(f"{folder}: a LoRA run (adapter_config.json); pass base= the LLaMA folder it was trained on")
             sd = dict(load_state_dict(base))
-            extra = _load_one(folder / "non_lora_trainables.bin")
+            extra = load_weights_file(folder / "non_lora_trainables.bin")
             extra = {k.removeprefix("base_model."): v for k, v in extra.items()}
             if any(k.startswith("model.model.") for k in extra):
                 extra = {k.removeprefix("model."): v for k, v in extra.items()}

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointError, _load_one, build_decoder
+from ..checkpoint import CheckpointError, build_decoder, load_weights_file
 from ..encoders.onellm_imu import OneLLMIMUConfig, OneLLMIMUEncoder, load_imu_encoder
+from ..imu import IMURecording
+from ..imu.preprocess import onellm_input
 from ..model import Decoder, LlamaConfig
 from ..multimodal import PLACEHOLDER_ID, splice
 from ..templates import Tokenizer, get_template
@@ -96,7 +98,7 @@ class OneLLM:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: file not found (expected OneLLM's consolidated.00-of-01.pth)")
-        sd = _load_one(path)
+        sd = load_weights_file(path)
         tok = Tokenizer(tokenizer_folder)
         if tok.vocab_size != config.vocab_size:
             raise CheckpointError(
@@ -113,7 +115,10 @@ class OneLLM:
         return ids[:1] + [PLACEHOLDER_ID] + ids[1:]
 
     @torch.no_grad()
-    def prompt_embeds(self, query: str, imu: Tensor) -> Tensor:
-        """Prompt embeddings [T, H] for one (6, 400) window (see :func:`~imuspec.encoders.onellm_imu.onellm_window`)."""
+    def prompt_embeds(self, query: str, imu: IMURecording | Tensor) -> Tensor:
+        """Prompt embeddings [T, H] for a recording (its first 2 s, see :func:`~imuspec.imu.preprocess.onellm_input`)
+        or one (6, 400) window."""
+        if isinstance(imu, IMURecording):
+            imu = torch.from_numpy(onellm_input(imu))
         imu_tokens = self.encoder(imu[None].to(self.decoder.device))[0]
         return splice(self.decoder, self.prompt_ids(query), [imu_tokens])
