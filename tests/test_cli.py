@@ -110,3 +110,21 @@ def test_generate_videollava_target_on_a_real_video(tmp_path, capsys):
     assert spec["token_ids"] == alone["token_ids"]
     assert main(["generate", "--target", str(checkpoint(tmp_path / "text", 0, 1)), "--prompt", "hi", "--video", "x.mp4"]) == 2
     assert "--events and --video need an EventGPT or Video-LLaVA target" in capsys.readouterr().err
+
+
+def test_generate_with_an_imu_draft(tmp_path, capsys):
+    """A LLaSA draft reading a real SensorCaps window in front of a text-only target: the target's own output."""
+    from test_llasa import write_full_checkpoint
+
+    target = checkpoint(tmp_path / "target", 0, 2)
+    llasa, _, _ = write_full_checkpoint(tmp_path / "llasa")
+    imu = ["--imu", str(fixture_path("llasa", "sensorcaps_untrained_10hz.jsonl")), "--imu-index", "20"]
+    common = ["generate", "--target", str(target), "--prompt", "What is the person doing?", "--template", "llava_v1",
+              "--max-new-tokens", "12", "--json"]
+    alone = run_json(capsys, *common)
+    spec = run_json(capsys, *common, "--draft", str(llasa), *imu, "--gamma", "3")
+    assert spec["token_ids"] == alone["token_ids"] and spec["stats"]["steps"] >= 1
+    assert main([*common, "--draft", str(llasa)]) == 2
+    assert "is an IMU draft (llava_llama): give the recording with --imu FILE" in capsys.readouterr().err
+    assert main([*common, *imu]) == 2
+    assert "--imu is the draft's input" in capsys.readouterr().err

@@ -85,17 +85,22 @@ def hf_model():
     return _hf_model()
 
 
-@pytest.fixture(scope="module")
-def full_checkpoint(tmp_path_factory):
+def write_full_checkpoint(folder):
     """A full (non-LoRA) LLaSA folder as LLaVA saves it, LIMU-BERT included as the tower
     (LLaSA's tower is nn.Sequential(LIMU-BERT transformer): model.vision_tower.vision_tower.0.*)."""
-    folder, hf, proj = tmp_path_factory.mktemp("llasa"), _hf_model(), _projector_sd()
+    folder.mkdir(parents=True, exist_ok=True)
+    hf, proj = _hf_model(), _projector_sd()
     tower = {"model.vision_tower.vision_tower.0." + k[len("transformer."):]: v
              for k, v in _limu_sd().items() if k.startswith("transformer.")}
     torch.save({**hf.state_dict(), **proj, **tower}, folder / "pytorch_model.bin")
     (folder / "config.json").write_text(json.dumps(_llava_config(hf)))
     _tokenizer_into(folder)
     return folder, hf, proj
+
+
+@pytest.fixture(scope="module")
+def full_checkpoint(tmp_path_factory):
+    return write_full_checkpoint(tmp_path_factory.mktemp("llasa"))
 
 
 @pytest.mark.parametrize("separate_encoder_file", [False, True])

@@ -28,7 +28,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         get_template(a.template)  # an unknown name fails before any loading
     dev, dtype = _device(a.device), DTYPES[a.dtype]
     target = load_target(a.target, a.prompt, a.template, a.events, a.video, dtype, dev)
-    draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, dtype, dev) if a.draft else None
+    if a.imu and not a.draft:
+        raise ValueError("--imu is the draft's input: give an IMU draft with --draft")
+    draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, a.imu, a.imu_index, a.imu_encoder, a.chronos,
+                       a.target, dtype, dev) if a.draft else None
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         gamma=a.gamma,
@@ -88,12 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="decode with a target, speculatively when a draft is given")
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
-    g.add_argument("--draft", help="draft model folder (same vocabulary); without it the target decodes alone")
+    g.add_argument("--draft", help="draft checkpoint (same vocabulary): a LLaMA, LLaSA or SensorLLM folder or OneLLM's "
+                   "consolidated .pth (its tokenizer: the target's); without it the target decodes alone")
     g.add_argument("--prompt", required=True)
     g.add_argument("--template", help="template for text-only sides (vicuna_v1, llava_v1, eventgpt_v1, v1); "
                    "default: the prompt as it is. Multimodal families use their own")
     g.add_argument("--events", help="event file for an EventGPT target (.npy, .aedat4, .h5, .txt)")
     g.add_argument("--video", help="video file for a Video-LLaVA target")
+    g.add_argument("--imu", help="IMU recording for an IMU draft (any format `imuspec inspect-imu` reads)")
+    g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
+    g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
+    g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -66,7 +67,36 @@ def load_target(folder: str | Path, query: str, template: str | None = None, eve
     return text_side(folder, query, template, dtype, device)
 
 
-def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: Tokenizer, dtype=torch.float32,
-               device="cpu") -> Side:
-    """A text-only LLaMA draft (its own tokenizer, else the target's, whose vocabulary it must share)."""
-    return text_side(folder, query, template, dtype, device, tokenizer)
+def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: Tokenizer, imu: str | Path | None = None,
+               imu_index: int | None = None, imu_encoder: str | Path | None = None, chronos: str | Path | None = None,
+               tokenizer_folder: str | Path | None = None, dtype=torch.float32, device="cpu") -> Side:
+    """An IMU draft with the recording ``imu`` (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth``), or a
+    text-only LLaMA draft, which borrows the target's tokenizer when it has none (the vocabulary must be shared)."""
+    folder = Path(folder)
+    kind = "onellm" if folder.suffix == ".pth" else model_type(folder)
+    imu_family = kind == "onellm" or kind.startswith(("llava", "sensorllm"))
+    if imu_family != (imu is not None):
+        raise ValueError(f"--imu goes with an IMU draft (LLaSA, OneLLM, SensorLLM); {folder} is model_type {kind!r}"
+                         if imu is not None else f"{folder} is an IMU draft ({kind}): give the recording with --imu FILE")
+    if not imu_family:
+        return text_side(folder, query, template, dtype, device, tokenizer)
+    from .imu import read_imu
+
+    rec = read_imu(imu, imu_index)
+    if kind == "onellm":
+        from .models.onellm import OneLLM
+
+        m = OneLLM.from_pretrained(folder, tokenizer_folder, dtype=dtype, device=device)
+        return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer, "onellm")
+    if kind.startswith("sensorllm"):
+        from .models.sensorllm import SensorLLM
+
+        if chronos is None:
+            raise ValueError(f"{folder} is a SensorLLM checkpoint: give its Chronos folder with --chronos DIR")
+        m = SensorLLM.from_pretrained(folder, chronos, dtype=dtype, device=device)
+        series = torch.from_numpy(rec.data().T.astype(np.float32))  # Chronos mean-scales each channel: units cancel
+        return Side(m.decoder, m.prompt_embeds(query, series), m.tokenizer, "sensorllm")
+    from .models.llasa import LLaSA
+
+    m = LLaSA.from_pretrained(folder, imu_encoder=imu_encoder, dtype=dtype, device=device)
+    return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer or tokenizer, "llasa")
