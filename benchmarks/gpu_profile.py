@@ -95,7 +95,6 @@ def main() -> None:
                                        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:12]
                                        if e.device_type.name == "CUDA"]
                 print(json.dumps({k: v for k, v in r.items() if k.startswith(key)}), flush=True)
-                del fwd
                 torch._dynamo.reset()
     with open(a.out, "w") as f:
         json.dump(r, f, indent=1)

@@ -87,7 +87,6 @@ def main() -> int:
         rows.append({"encoder": name, "input": shape, "threads": n_threads,
                      "params": sum(p.numel() for p in model.parameters()),
                      "median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "times_s": times})
-        del model
     print(f"{'encoder':<24} {'params':>8} {'threads':>7} {'median ms':>10} {'min ms':>9}  window")
     for r in rows:
         print(f"{r['encoder']:<24} {r['params'] / 1e6:>7.2f}M {r['threads']:>7} {r['median_ms']:>10.1f} "

@@ -6,6 +6,7 @@ from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 from imuspec.model import Decoder, LlamaConfig
+from imuspec.speculative import GenerationConfig, Stats, generate
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 
@@ -44,3 +45,15 @@ def hf_pair(name: str, seed: int = 0) -> tuple[LlamaForCausalLM, Decoder]:
     ours = Decoder(LlamaConfig.from_hf(hf_cfg.to_dict()))
     ours.load_state_dict(hf.state_dict(), strict=False)
     return hf, ours.eval()
+
+
+def assert_lossless(target: Decoder, target_prompt, draft: Decoder, draft_prompt, max_new_tokens: int = 16,
+                    gamma: int = 3) -> Stats:
+    """Greedy speculative decoding with ``draft`` gives the target's own tokens; returns the speculative stats."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma)
+    target.setup_cache(len(target_prompt) + max_new_tokens + gamma)
+    draft.setup_cache(len(draft_prompt) + max_new_tokens + gamma)
+    alone = generate(target, target_prompt, cfg)
+    spec = generate(target, target_prompt, cfg, draft, draft_prompt)
+    assert spec.tokens == alone.tokens and len(alone.tokens) == max_new_tokens
+    return spec.stats

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
-from conftest import fixture_path
-from imuspec import CheckpointError, Decoder, GenerationConfig, generate
+from conftest import assert_lossless, fixture_path
+from imuspec import CheckpointError, Decoder
 from imuspec.models.sensorllm import IMU_CHANNELS, SensorLLM, SensorLLMConfig
 from imuspec.templates import get_template
 
@@ -106,13 +106,7 @@ def test_speculative_with_the_sensorllm_draft_gives_the_targets_output(family):
     target.load_state_dict(m.decoder.state_dict())
     query = "What activity is this?"
     t_prompt = torch.tensor(m.tokenizer.encode(get_template("sensorllm").prompt(query)))
-    d_prompt = m.prompt_embeds(query, series())
-    cfg = GenerationConfig(max_new_tokens=16, gamma=3)
-    target.setup_cache(len(t_prompt) + 32)
-    m.decoder.setup_cache(len(d_prompt) + 32)
-    alone = generate(target, t_prompt, cfg)
-    spec = generate(target, t_prompt, cfg, m.decoder, d_prompt)
-    assert spec.tokens == alone.tokens and len(alone.tokens) == 16
+    assert_lossless(target, t_prompt, m.decoder, m.prompt_embeds(query, series()))
 
 
 def test_template_renders_llama3_as_sensorllm_does():

@@ -1,6 +1,5 @@
 """The real LLaMA-2 tokenizer and the conversation templates of LLaVA, EventGPT and OneLLM."""
 
-import shutil
 
 import pytest
 

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import fixture_path
+from conftest import assert_lossless, fixture_path
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 from transformers import LlamaConfig as HFLlamaConfig
 
-from imuspec import CheckpointError, Decoder, GenerationConfig, LlamaConfig, generate
+from imuspec import CheckpointError, Decoder, LlamaConfig
 from imuspec.models.videollava import VideoLLaVA
 from imuspec.multimodal import PLACEHOLDER_ID
 
@@ -96,16 +96,12 @@ def test_speculative_with_text_draft_gives_target_output(hf_ckpt):
     m = VideoLLaVA.from_pretrained(hf_ckpt[0])
     emb = m.prompt_embeds(QUERY, torch.randn(8, 3, 28, 28))
     text = torch.tensor(m.tokenizer.encode(f"USER: {QUERY} ASSISTANT:"))
-    cfg = GenerationConfig(max_new_tokens=20, gamma=4)
-    m.decoder.setup_cache(len(emb) + 32)
-    alone = generate(m.decoder, emb, cfg).tokens
     torch.manual_seed(1)
     random_draft = Decoder(LlamaConfig(**TINY_LM)).eval()
     same_lm = Decoder(LlamaConfig(**TINY_LM)).eval()
     same_lm.load_state_dict(m.decoder.state_dict())
     for draft in (random_draft, same_lm):
-        draft.setup_cache(len(text) + 32)
-        assert generate(m.decoder, emb, cfg, draft, text).tokens == alone and len(alone) == 20
+        assert_lossless(m.decoder, emb, draft, text, max_new_tokens=20, gamma=4)
 
 
 def test_real_video_file_goes_through(hf_ckpt):
