@@ -104,6 +104,9 @@ def main() -> None:
 
     target.compile_steps()
     draft.compile_steps()
+    with torch.inference_mode():
+        target.warm_steps([1] + [g + 1 for g in a.gammas])
+        draft.warm_steps([1, 2])
     ar_cfg = GenerationConfig(max_new_tokens=a.new_tokens)
     runs = []
     for alpha in a.alphas:

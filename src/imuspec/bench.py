@@ -92,6 +92,9 @@ def bench_engine(
     if compile:
         target.compile_steps()
         draft.compile_steps()
+        with torch.inference_mode():
+            target.warm_steps([1, gamma + 1])
+            draft.warm_steps([1, 2])
     warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma)
     generate(target, prompt, warm)
     generate(target, prompt, warm, draft, prompt)

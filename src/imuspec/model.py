@@ -296,6 +296,15 @@ class Decoder(nn.Module):
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 256)
         self._compiled = {}
 
+    def warm_steps(self, lengths: list[int]) -> None:
+        """Compile and capture the step of each length now, so that no compilation lands inside a timed decode
+        (a two-token draft step is otherwise first needed when a whole draft block is accepted)."""
+        for t in lengths:
+            for _ in range(3):  # CUDA graph trees warm up, record, then replay
+                self.rollback(0)
+                self.step(torch.zeros(1, t, dtype=torch.long, device=self.device))
+        self.rollback(0)
+
     def step(self, ids: Tensor) -> Tensor:
         """A decode, draft or verify forward of ids [B, T]; compiled after :meth:`compile_steps`.
 
