@@ -26,7 +26,6 @@ class Side:
     decoder: Decoder
     prompt: Tensor  # token ids [T] or embeddings [T, H]
     tokenizer: Tokenizer
-    family: str
 
 
 def model_type(folder: str | Path) -> str:
@@ -40,7 +39,7 @@ def text_side(folder: str | Path, query: str, template: str | None, dtype, devic
     tok = Tokenizer(folder) if has_tokenizer or tokenizer is None else tokenizer
     text = get_template(template).prompt(query) if template else query
     decoder = load_decoder(folder, dtype, device)
-    return Side(decoder, torch.tensor(tok.encode(text), device=device), tok, "text")
+    return Side(decoder, torch.tensor(tok.encode(text), device=device), tok)
 
 
 def load_target(folder: str | Path, query: str, template: str | None = None, events: str | Path | None = None,
@@ -54,14 +53,14 @@ def load_target(folder: str | Path, query: str, template: str | None = None, eve
         if events is None:
             raise ValueError(f"{folder} is an EventGPT checkpoint: give the event file with --events FILE")
         m = EventGPT.from_pretrained(folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, eventgpt_pixel_values(read_events(events))), m.tokenizer, "eventgpt")
+        return Side(m.decoder, m.prompt_embeds(query, eventgpt_pixel_values(read_events(events))), m.tokenizer)
     if kind == "video_llava":
         from .models.videollava import VideoLLaVA
 
         if video is None:
             raise ValueError(f"{folder} is a Video-LLaVA checkpoint: give the video with --video FILE")
         m = VideoLLaVA.from_pretrained(folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, video), m.tokenizer, "videollava")
+        return Side(m.decoder, m.prompt_embeds(query, video), m.tokenizer)
     if events is not None or video is not None:
         raise ValueError(f"--events and --video need an EventGPT or Video-LLaVA target; {folder} has model_type {kind!r}")
     return text_side(folder, query, template, dtype, device)
@@ -74,7 +73,7 @@ def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: 
     text-only LLaMA draft, which borrows the target's tokenizer when it has none (the vocabulary must be shared)."""
     folder = Path(folder)
     kind = "onellm" if folder.suffix == ".pth" else model_type(folder)
-    imu_family = kind == "onellm" or kind.startswith(("llava", "sensorllm"))
+    imu_family = kind == "onellm" or kind.startswith(("llava"))
     if imu_family != (imu is not None):
         raise ValueError(f"--imu goes with an IMU draft (LLaSA, OneLLM, SensorLLM); {folder} is model_type {kind!r}"
                          if imu is not None else f"{folder} is an IMU draft ({kind}): give the recording with --imu FILE")
@@ -87,7 +86,7 @@ def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: 
         from .models.onellm import OneLLM
 
         m = OneLLM.from_pretrained(folder, tokenizer_folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer, "onellm")
+        return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer)
     if kind.startswith("sensorllm"):
         from .models.sensorllm import SensorLLM
 
@@ -95,8 +94,8 @@ def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: 
             raise ValueError(f"{folder} is a SensorLLM checkpoint: give its Chronos folder with --chronos DIR")
         m = SensorLLM.from_pretrained(folder, chronos, dtype=dtype, device=device)
         series = torch.from_numpy(rec.data().T.astype(np.float32))  # Chronos mean-scales each channel: units cancel
-        return Side(m.decoder, m.prompt_embeds(query, series), m.tokenizer, "sensorllm")
+        return Side(m.decoder, m.prompt_embeds(query, series), m.tokenizer)
     from .models.llasa import LLaSA
 
     m = LLaSA.from_pretrained(folder, imu_encoder=imu_encoder, dtype=dtype, device=device)
-    return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer or tokenizer, "llasa")
+    return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer or tokenizer)
