@@ -121,10 +121,10 @@ def few_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor
     tokens took 0.35 ms and nine 0.82 ms on an H200 (Vicuna-7B), where reading the KV bytes needs about 0.1 ms.
     """
     b, h, t, d = q.shape
-    rep = h // k.shape[1]
-    scores = (q.reshape(b, k.shape[1], rep * t, d) @ k.transpose(-1, -2)).float() * d**-0.5
-    scores = scores.masked_fill(~mask.repeat(1, 1, rep, 1), float("-inf"))
-    return (scores.softmax(-1).to(v.dtype) @ v).reshape(b, h, t, d)
+    kv, s = k.shape[1], k.shape[2]
+    scores = (q.reshape(b, kv, h // kv * t, d) @ k.transpose(-1, -2)).float() * d**-0.5
+    scores = scores.view(b, kv, h // kv, t, s).masked_fill(~mask[:, :, None], float("-inf"))  # one mask for the group
+    return (scores.softmax(-1).to(v.dtype).view(b, kv, -1, s) @ v).reshape(b, h, t, d)
 
 
 class KVCache(nn.Module):
