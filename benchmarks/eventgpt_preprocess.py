@@ -15,7 +15,7 @@ import numpy as np
 import transformers
 
 from imuspec.events import eventgpt_frames, read_events
-from imuspec.events.render import clip_processor_336
+from imuspec.events.render import clip_processor
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "eventgpt" / "sample1.npy"
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/eventgpt_preprocess_cpu_2026-11-26.json")
     a = ap.parse_args()
-    processor = clip_processor_336()
+    processor = clip_processor()
     stream = read_events(SAMPLE)
     frames = eventgpt_frames(stream)
     stages = {

@@ -47,13 +47,13 @@ def load_target(folder: str | Path, query: str, template: str | None = None, eve
     """EventGPT (with ``events``), Video-LLaVA (with ``video``) or a text-only LLaMA target."""
     kind = model_type(folder)
     if kind == "EventChat_llama":
-        from .events import eventgpt_pixel_values, read_events
+        from .events import read_events
         from .models.eventgpt import EventGPT
 
         if events is None:
             raise ValueError(f"{folder} is an EventGPT checkpoint: give the event file with --events FILE")
         m = EventGPT.from_pretrained(folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, eventgpt_pixel_values(read_events(events))), m.tokenizer)
+        return Side(m.decoder, m.prompt_embeds(query, m.pixel_values(read_events(events))), m.tokenizer)
     if kind == "video_llava":
         from .models.videollava import VideoLLaVA
 

@@ -103,6 +103,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: LimuBertConfig):
         super().__init__()
+        self.config = cfg
         self.embed = Embeddings(cfg)
         self.attn = Attention(cfg)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)

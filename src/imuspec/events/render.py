@@ -51,17 +51,18 @@ def eventgpt_frames(stream: EventStream, n: int = EVENTGPT_CHUNKS) -> list[np.nd
     return [render_polarity_image(stream.x[a:b], stream.y[a:b], stream.p[a:b]) for a, b in pairwise(bounds)]
 
 
-def clip_processor_336():
+def clip_processor(size: int = 336):
     """transformers' CLIP image processor with the settings of ``openai/clip-vit-large-patch14-336``, built locally;
-    the PIL backend, which is the processor EventGPT ran (transformers 4.37's slow ``CLIPImageProcessor``)."""
+    the PIL backend, which is the processor EventGPT ran (transformers 4.37's slow ``CLIPImageProcessor``). ``size``
+    scales resize and crop for smaller towers (the project's trained EventGPT-family target)."""
     from transformers import CLIPImageProcessorPil
 
-    return CLIPImageProcessorPil(**CLIP_336)
+    return CLIPImageProcessorPil(**{**CLIP_336, "size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}})
 
 
-def eventgpt_pixel_values(stream: EventStream, processor=None) -> torch.Tensor:
-    """EventGPT's vision input for ``stream``: float32 [5, 3, 336, 336]."""
-    processor = processor or clip_processor_336()
+def eventgpt_pixel_values(stream: EventStream, processor=None, size: int = 336) -> torch.Tensor:
+    """EventGPT's vision input for ``stream``: float32 [5, 3, size, size]."""
+    processor = processor or clip_processor(size)
     return processor(images=eventgpt_frames(stream), return_tensors="pt")["pixel_values"]
 
 

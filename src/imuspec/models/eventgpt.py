@@ -61,6 +61,12 @@ class EventGPT(nn.Module):
         prompt = get_template(self.template).prompt(f"{START_TOKEN}{EVENT_TOKEN}{END_TOKEN}\n{query}")
         return tokenize_with_placeholder(self.tokenizer, prompt, EVENT_TOKEN)
 
+    def pixel_values(self, stream) -> Tensor:
+        """The vision input [5, 3, S, S] of an :class:`~imuspec.events.EventStream` at this tower's resolution S."""
+        from ..events.render import eventgpt_pixel_values
+
+        return eventgpt_pixel_values(stream, size=self.encoder.visual_tower.config.image_size)
+
     def prompt_embeds(self, query: str, pixels: Tensor) -> Tensor:
         """Prompt embeddings [T, H] for ``query`` about the event frames ``pixels`` [F, 3, 336, 336]."""
         with torch.no_grad():
@@ -85,6 +91,8 @@ class EventGPT(nn.Module):
         if d.get("model_type") != "EventChat_llama":
             raise CheckpointError(f"{folder / 'config.json'}: model_type is {d.get('model_type')!r}, expected 'EventChat_llama'")
         tower_source = visual_tower or d.get("mm_visual_tower")
+        if isinstance(tower_source, str) and (folder / tower_source).is_dir():  # a tower shipped inside the folder
+            tower_source = folder / tower_source
         if tower_source is None:
             raise CheckpointError(f"{folder / 'config.json'}: field 'mm_visual_tower' missing (or pass visual_tower=)")
         cfg = LlamaConfig.from_hf(d)

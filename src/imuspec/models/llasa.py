@@ -91,9 +91,14 @@ class LLaSA(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> LLaSA:
-        """A LLaVA-format LLaSA folder; ``base`` for LoRA runs; ``imu_encoder`` a LIMU-BERT ``.pt`` state dict."""
+        """A LLaVA-format LLaSA folder; ``base`` for LoRA runs; ``imu_encoder`` a LIMU-BERT ``.pt`` state dict.
+
+        A config.json field ``limu_bert`` (the project's trained drafts write it) overrides ``imu_config``.
+        """
         folder = Path(folder)
         cfg_json = read_json(folder / "config.json")
+        if "limu_bert" in cfg_json:
+            imu_config = LimuBertConfig(**cfg_json["limu_bert"])
         if cfg_json.get("model_type") not in ("llava_llama", "llava"):
             raise CheckpointError(f"{folder / 'config.json'}: model_type {cfg_json.get('model_type')!r}; expected 'llava_llama'")
         if cfg_json.get("mm_hidden_size") != imu_config.hidden:
