@@ -115,3 +115,15 @@ def build_decoder(
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device=device, dtype=dtype)
+
+
+def save_decoder(decoder: Decoder, folder: str | Path, tokenizer=None) -> None:
+    """A Hugging Face LLaMA folder (config.json, model.safetensors, the tokenizer): what :func:`load_decoder` reads."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(decoder.config.to_hf(), indent=1))
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(folder / "model.safetensors"))
+    if tokenizer is not None:
+        tokenizer.hf.save_pretrained(str(folder))

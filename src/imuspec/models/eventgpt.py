@@ -12,6 +12,7 @@ the tags are plain text.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -40,11 +41,16 @@ class EventEncoder(nn.Module):
         self.feature_adaptor = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, pixels: Tensor) -> Tensor:
-        check_pixels(pixels, self.visual_tower.config, "event frames")
+        """[F, 3, S, S] → [F + N, H], or a batch [B, F, 3, S, S] → [B, F + N, H] (training)."""
+        batch = pixels if pixels.ndim == 5 else pixels[None]
+        b, f = batch.shape[:2]
+        frames = batch.flatten(0, 1)
+        check_pixels(frames, self.visual_tower.config, "event frames")
         w = self.feature_adaptor.weight
-        x = self.visual_tower(pixels.to(device=w.device, dtype=w.dtype)).last_hidden_state  # [F, N, C]
-        x = self.feature_adaptor(self.visual_projector(x))  # [F, N, H]
-        return torch.cat([x.mean(dim=1), x.mean(dim=0)])
+        x = self.visual_tower(frames.to(device=w.device, dtype=w.dtype)).last_hidden_state  # [B*F, N, C]
+        x = self.feature_adaptor(self.visual_projector(x)).unflatten(0, (b, f))  # [B, F, N, H]
+        out = torch.cat([x.mean(dim=2), x.mean(dim=1)], dim=1)
+        return out if pixels.ndim == 5 else out[0]
 
 
 class EventGPT(nn.Module):
@@ -71,6 +77,25 @@ class EventGPT(nn.Module):
         """Prompt embeddings [T, H] for ``query`` about the event frames ``pixels`` [F, 3, 336, 336]."""
         with torch.no_grad():
             return splice(self.decoder, self.prompt_ids(query), [self.encoder(pixels)])
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the original layout (what :meth:`from_pretrained` reads): config.json, the CLIP tower's config in
+        ``visual_tower/``, model.safetensors (tower, projector and adaptor under ``model.``), the tokenizer."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        (folder / "visual_tower").mkdir(parents=True, exist_ok=True)
+        tower = self.encoder.visual_tower.config
+        (folder / "visual_tower" / "config.json").write_text(tower.to_json_string())
+        config = {**self.decoder.config.to_hf(), "model_type": "EventChat_llama", "mm_visual_tower": "visual_tower",
+                  "mm_hidden_size": tower.hidden_size, "mm_use_im_patch_token": True, "mm_use_im_start_end": True}
+        (folder / "config.json").write_text(json.dumps(config, indent=1))
+        sd = dict(self.decoder.state_dict())
+        sd.update({TOWER_PREFIX + k: v for k, v in self.encoder.visual_tower.state_dict().items()})
+        for name in ("visual_projector", "feature_adaptor"):
+            sd.update({f"model.{name}.{k}": v for k, v in getattr(self.encoder, name).state_dict().items()})
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
+        self.tokenizer.hf.save_pretrained(str(folder))
 
     @classmethod
     def from_pretrained(

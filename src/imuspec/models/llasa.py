@@ -14,6 +14,7 @@ are merged onto their ``base`` LLaMA folder like LLaVA's ``load_pretrained_model
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -152,9 +153,31 @@ class LLaSA(nn.Module):
         ``imu`` is a recording (resampled and normalised by :func:`limu_bert_input`, first 6 s) or a window that is
         already normalised, as LLaSA's ``.npy`` inputs after dividing the accelerometer by 9.8.
         """
+        x = limu_bert_input(imu) if isinstance(imu, IMURecording) else imu
+        return splice(self.decoder, self.prompt_ids(query), [self.imu_features(x)])
+
+    def prompt_ids(self, query: str) -> list[int]:
+        """BOS + the ``llava_v1`` prompt with ``<image>\\n`` before ``query``; PLACEHOLDER_ID where the IMU goes."""
         if self.tokenizer is None:
             raise ValueError("this LLaSA has no tokenizer (none in the checkpoint or base folder)")
-        x = limu_bert_input(imu) if isinstance(imu, IMURecording) else imu
         text = query if IMAGE in query else f"{IMAGE}\n{query}"
-        ids = tokenize_with_placeholder(self.tokenizer, self.template.prompt(text), IMAGE)
-        return splice(self.decoder, ids, [self.imu_features(x)])
+        return tokenize_with_placeholder(self.tokenizer, self.template.prompt(text), IMAGE)
+
+    def save_pretrained(self, folder: str | Path, projector_type: str) -> None:
+        """Write LLaVA's layout with the LIMU-BERT encoder as the tower and its config under ``limu_bert``."""
+        from dataclasses import asdict
+
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lb = self.imu_encoder.config
+        config = {**self.decoder.config.to_hf(), "model_type": "llava_llama", "mm_hidden_size": lb.hidden,
+                  "mm_projector_type": projector_type, "limu_bert": asdict(lb)}
+        (folder / "config.json").write_text(json.dumps(config, indent=1))
+        sd = dict(self.decoder.state_dict())
+        sd.update({PROJECTOR + k: v for k, v in self.projector.state_dict().items()})
+        sd.update({TOWER + k: v for k, v in self.imu_encoder.state_dict().items()})
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
+        if self.tokenizer is not None:
+            self.tokenizer.hf.save_pretrained(str(folder))
