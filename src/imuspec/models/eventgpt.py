@@ -29,6 +29,12 @@ EVENT_TOKEN, PATCH_TOKEN, START_TOKEN, END_TOKEN = "<event>", "<ev_patch>", "<ev
 TOWER_PREFIX = "model.visual_tower.visual_tower."
 
 
+def prompt_ids(tokenizer: Tokenizer, query: str) -> list[int]:
+    """BOS + the ``eventgpt_v1`` prompt, with PLACEHOLDER_ID where the event tokens go."""
+    prompt = get_template("eventgpt_v1").prompt(f"{START_TOKEN}{EVENT_TOKEN}{END_TOKEN}\n{query}")
+    return tokenize_with_placeholder(tokenizer, prompt, EVENT_TOKEN)
+
+
 class EventEncoder(nn.Module):
     """Event frames [F, 3, S, S] → [F + N, H]: F temporal tokens, then N spatial tokens (N = CLIP tokens per frame)."""
 
@@ -56,16 +62,12 @@ class EventEncoder(nn.Module):
 class EventGPT(nn.Module):
     """An EventGPT checkpoint: ``.decoder`` (Vicuna), ``.encoder`` (:class:`EventEncoder`), ``.tokenizer``."""
 
-    template = "eventgpt_v1"
-
     def __init__(self, decoder: Decoder, encoder: EventEncoder, tokenizer: Tokenizer):
         super().__init__()
         self.decoder, self.encoder, self.tokenizer = decoder, encoder, tokenizer
 
     def prompt_ids(self, query: str) -> list[int]:
-        """BOS + the ``eventgpt_v1`` prompt, with PLACEHOLDER_ID where the event tokens go."""
-        prompt = get_template(self.template).prompt(f"{START_TOKEN}{EVENT_TOKEN}{END_TOKEN}\n{query}")
-        return tokenize_with_placeholder(self.tokenizer, prompt, EVENT_TOKEN)
+        return prompt_ids(self.tokenizer, query)
 
     def pixel_values(self, stream) -> Tensor:
         """The vision input [5, 3, S, S] of an :class:`~imuspec.events.EventStream` at this tower's resolution S."""

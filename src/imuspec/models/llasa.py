@@ -73,6 +73,12 @@ def _lora_merge(sd: dict[str, Tensor], folder: Path) -> None:
         sd[target] = (w.float() + scale * (adapter[key_b].float() @ adapter[key_a].float())).to(w.dtype)
 
 
+def prompt_ids(tokenizer: Tokenizer, query: str, template: str = "llava_v1") -> list[int]:
+    """BOS + the ``llava_v1`` prompt with ``<image>\\n`` before ``query``; PLACEHOLDER_ID where the IMU goes."""
+    text = query if IMAGE in query else f"{IMAGE}\n{query}"
+    return tokenize_with_placeholder(tokenizer, get_template(template).prompt(text), IMAGE)
+
+
 class LLaSA(nn.Module):
     """An IMU draft: :attr:`decoder` + :meth:`prompt_embeds` plug into :func:`imuspec.speculative.generate`."""
 
@@ -157,11 +163,9 @@ class LLaSA(nn.Module):
         return splice(self.decoder, self.prompt_ids(query), [self.imu_features(x)])
 
     def prompt_ids(self, query: str) -> list[int]:
-        """BOS + the ``llava_v1`` prompt with ``<image>\\n`` before ``query``; PLACEHOLDER_ID where the IMU goes."""
         if self.tokenizer is None:
             raise ValueError("this LLaSA has no tokenizer (none in the checkpoint or base folder)")
-        text = query if IMAGE in query else f"{IMAGE}\n{query}"
-        return tokenize_with_placeholder(self.tokenizer, self.template.prompt(text), IMAGE)
+        return prompt_ids(self.tokenizer, query, self.template.name)
 
     def save_pretrained(self, folder: str | Path, projector_type: str) -> None:
         """Write LLaVA's layout with the LIMU-BERT encoder as the tower and its config under ``limu_bert``."""
