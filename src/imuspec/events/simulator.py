@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..video import iter_frames
 from .stream import EventError, EventStream
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as v2e's OpenCV grey conversion
@@ -147,4 +146,6 @@ def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig
 
 def frames_from_video(path: str | Path) -> Iterator[tuple[np.ndarray, float]]:
     """(grey uint8 HxW frame, timestamp in µs) of each frame, decoded by :func:`imuspec.video.iter_frames`."""
+    from ..video import iter_frames  # PyAV only where video is read: the simulator itself needs none
+
     return ((np.rint(to_gray(frame) * 255).astype(np.uint8), t * 1e6) for t, frame in iter_frames(path))
