@@ -29,9 +29,7 @@ def to_hf(model: Decoder):
     from transformers import LlamaForCausalLM
 
     cfg = model.config
-    rope = {"rope_theta": cfg.rope_theta, **(cfg.rope_scaling or {"rope_type": "default"})}
-    hf_cfg = HFConfig(**{k: v for k, v in cfg.to_hf().items() if k not in ("rope_theta", "rope_scaling")},
-                      rope_parameters=rope)
+    hf_cfg = HFConfig(**cfg.to_hf())
     with torch.device("meta"):
         hf = LlamaForCausalLM(hf_cfg)
     hf.load_state_dict(model.state_dict(), assign=True, strict=True)

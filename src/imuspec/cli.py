@@ -10,6 +10,7 @@ import torch
 
 from .events import cli as events_cli
 from .imu.inspect import add_inspect_imu_parser
+from .demo import add_demo_parser
 from .train import add_train_parser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_simulate_events_parser(sub)
     add_inspect_imu_parser(sub)
     add_train_parser(sub)
+    add_demo_parser(sub)
     return p
 
 

@@ -66,8 +66,10 @@ class LlamaConfig:
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})
 
     def to_hf(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**self.extra, **d, "model_type": "llama", "hidden_act": "silu"}
+        """A transformers ``config.json`` dict (RoPE in ``rope_parameters``, transformers 5's key)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "rope_theta", "rope_scaling")}
+        rope = {"rope_type": "default", **(self.rope_scaling or {}), "rope_theta": self.rope_theta}
+        return {**self.extra, **d, "rope_parameters": rope, "model_type": "llama", "hidden_act": "silu"}
 
     @property
     def eos_ids(self) -> list[int]:

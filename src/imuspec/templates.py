@@ -91,11 +91,17 @@ class Tokenizer:
 
     def __init__(self, folder: str | Path):
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         folder = Path(folder)
         if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
             raise FileNotFoundError(f"{folder}: no tokenizer.json or tokenizer.model")
-        self.hf = AutoTokenizer.from_pretrained(str(folder))
+        level = hf_logging.get_verbosity()  # it reads config.json and warns about a multimodal model_type it does not know
+        hf_logging.set_verbosity_error()
+        try:
+            self.hf = AutoTokenizer.from_pretrained(str(folder))
+        finally:
+            hf_logging.set_verbosity(level)
         self.bos_id, self.eos_id = self.hf.bos_token_id, self.hf.eos_token_id
         self.vocab_size = len(self.hf)
 
