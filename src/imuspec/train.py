@@ -2,12 +2,12 @@
 
 Stages, in order; ``imuspec train recipe`` runs them all, each also runs alone, all under ``torchrun`` (DDP):
 
-1. ``data``: world samples → a cache of model inputs (EventGPT frames as uint8, IMU span inputs, narrations).
-2. tokenizer: BPE over every sentence the world can say and the templates: one vocabulary for target and drafts.
-3. ``target``: the EventGPT-family target (CLIP tower, projector, adaptor, LLaMA) learns the narrations (cross-entropy).
-4. ``limu-bert``: LIMU-BERT's own pretraining task, masked reconstruction, on the IMU inputs.
-5. ``teacher``: the saved target's greedy answer to every sample and its next-token distributions along that answer.
-6. ``draft`` and ``text-draft``: the LLaSA-family IMU draft (frozen LIMU-BERT, projector, LLaMA) and a text-only LLaMA
+1. ``data``: world samples → a cache of model inputs (EventGPT frames as uint8, IMU span inputs, narrations), and the
+   tokenizer: BPE over every sentence the world can say and the templates, one vocabulary for target and drafts.
+2. ``target``: the EventGPT-family target (CLIP tower, projector, adaptor, LLaMA) learns the narrations (cross-entropy).
+3. ``limu-bert``: LIMU-BERT's own pretraining task, masked reconstruction, on the IMU inputs.
+4. ``teacher``: the saved target's greedy answer to every sample and its next-token distributions along that answer.
+5. ``draft`` and ``text-draft``: the LLaSA-family IMU draft (frozen LIMU-BERT, projector, LLaMA) and a text-only LLaMA
    of the same size, distilled on those distributions with forward KL or total variation distance (what acceptance
    depends on: a greedy draft's token is accepted iff it is the target's argmax; a sampled one with prob. 1 − TV).
 
@@ -466,12 +466,13 @@ def recipe(cfg: RecipeConfig, out: Path, stages: list[str], data_path: Path | No
 
     if "data" in stages:
         timed("data", lambda: make_data(cfg, data_path))
-    data = load_data(data_path)
-    if "target" in stages:
         if rank() == 0:
-            build_tokenizer(out / "tokenizer")
+            build_tokenizer(data_path.parent / "tokenizer")
         barrier()
-    tok = Tokenizer(out / "tokenizer")
+    if stages == ["data"]:
+        return finish(report, out, t_all)
+    data = load_data(data_path)
+    tok = Tokenizer(data_path.parent / "tokenizer")  # made with the data, beside it
     if "target" in stages:
         timed("target", lambda: train_target(cfg, data, tok, out, device))
     if "limu-bert" in stages:
@@ -484,7 +485,11 @@ def recipe(cfg: RecipeConfig, out: Path, stages: list[str], data_path: Path | No
             timed("imu-draft", lambda: train_draft(cfg, data, teacher, tok, out, device, imu=True))
         if "text-draft" in stages:
             timed("text-draft", lambda: train_draft(cfg, data, teacher, tok, out, device, imu=False))
-    report["seconds"]["total"] = time.perf_counter() - t_all
+    return finish(report, out, t_all)
+
+
+def finish(report: dict, out: Path, t_start: float) -> dict:
+    report["seconds"]["total"] = report["seconds"].get("total", 0.0) + time.perf_counter() - t_start
     if rank() == 0:
         (out / "recipe.json").write_text(json.dumps(report, indent=1))
     return report
@@ -505,7 +510,7 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the project's pair from its synthetic world (runs under torchrun)")
     p.add_argument("stages", nargs="+", choices=STAGES + ["recipe"], help="'recipe' runs every stage in order")
     p.add_argument("--out", required=True, help="folder for the data cache, checkpoints and recipe.json")
-    p.add_argument("--data", help="data cache to read or write (default OUT/data.safetensors)")
+    p.add_argument("--data", help="data cache to read or write (default OUT/data.safetensors; its tokenizer/ beside it)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--n-samples", type=int)
     p.add_argument("--loss", choices=["tvd", "fkl"])
