@@ -8,7 +8,6 @@ from pathlib import Path
 
 from .readers import FORMATS, format_of, read_events, write_events
 from .render import eventgpt_frames
-from ..video import count_frames
 from .simulator import SimulatorConfig, frames_from_video, simulate
 
 
@@ -73,6 +72,8 @@ def cmd_simulate_events(a: argparse.Namespace) -> int:
     cfg = SimulatorConfig(a.c_on, a.c_off, a.sigma, a.refractory_us, a.log_eps, a.leak_rate_hz,
                           a.shot_noise_rate_hz, a.seed)
     frames = frames_from_video(a.video)
+    from ..video import count_frames  # PyAV only for this command
+
     stream = simulate(frames, cfg, source=str(a.video), total=count_frames(a.video))
     write_events(stream, a.out)
     print(f"{a.out}: {len(stream)} events, {stream.width}x{stream.height}, {stream.duration_us} µs, "
