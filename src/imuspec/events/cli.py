@@ -69,11 +69,11 @@ def add_simulate_events_parser(sub) -> None:
 
 
 def cmd_simulate_events(a: argparse.Namespace) -> int:
+    from ..video import count_frames  # PyAV only for this command
+
     cfg = SimulatorConfig(a.c_on, a.c_off, a.sigma, a.refractory_us, a.log_eps, a.leak_rate_hz,
                           a.shot_noise_rate_hz, a.seed)
     frames = frames_from_video(a.video)
-    from ..video import count_frames  # PyAV only for this command
-
     stream = simulate(frames, cfg, source=str(a.video), total=count_frames(a.video))
     write_events(stream, a.out)
     print(f"{a.out}: {len(stream)} events, {stream.width}x{stream.height}, {stream.duration_us} µs, "
