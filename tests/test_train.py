@@ -20,7 +20,7 @@ from imuspec.train import PRESETS, Stage, build_tokenizer, distillation, fit, pi
 from imuspec.world import QUERY, make_sample, narration_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["target", "limu-bert", "draft", "text-draft"]
+STAGES = ["target", "limu-bert", "teacher", "draft", "text-draft"]
 
 
 @pytest.fixture(scope="module")

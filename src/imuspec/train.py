@@ -382,8 +382,10 @@ def train_limu_bert(cfg: RecipeConfig, data: dict, out: Path, device) -> list[fl
 
 
 @torch.no_grad()
-def teacher_outputs(cfg: RecipeConfig, data: dict, out: Path, device) -> dict:
-    """The saved target's greedy answers and its next-token distributions along them (this is what drafts imitate)."""
+def teacher_outputs(cfg: RecipeConfig, data: dict, tok: Tokenizer, out: Path, device) -> float:
+    """The saved target's greedy answers and its next-token distributions along them (what the drafts imitate), to
+    ``out/teacher.safetensors``; returns the fraction of answers that are the sample's own narration."""
+    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from .models.eventgpt import EventGPT
@@ -403,21 +405,29 @@ def teacher_outputs(cfg: RecipeConfig, data: dict, out: Path, device) -> dict:
         p = torch.softmax(dec(embeds=x[None])[0, len(prompt) - 1:], -1)
         rows.append((tokens, p.half().cpu()))
     rows = unshard(gather(rows), len(data["texts"]))
-    return {"tokens": [r[0] for r in rows], "probs": [r[1] for r in rows]}
+    if rank() == 0:
+        tokens, lengths = pad([r[0] for r in rows], eos, "cpu")
+        probs = torch.zeros(*tokens.shape, dec.config.vocab_size, dtype=torch.float16)
+        for i, (_, p) in enumerate(rows):
+            probs[i, : len(p)] = p
+        save_file({"tokens": tokens, "lengths": lengths, "probs": probs}, str(out / "teacher.safetensors"))
+    barrier()
+    agree = [r[0] == a for r, a in zip(rows, answer_ids(tok, data["texts"]))]
+    return sum(agree) / len(agree)
 
 
-def train_draft(cfg: RecipeConfig, data: dict, teacher: dict, tok: Tokenizer, out: Path, device, imu: bool) -> list[float]:
+def train_draft(cfg: RecipeConfig, data: dict, tok: Tokenizer, out: Path, device, imu: bool) -> list[float]:
+    from safetensors.torch import load_file
+
     from .models.llasa import LLaSA, build_projector
     from .models.llasa import prompt_ids as llasa_prompt
     from .world import QUERY
 
     torch.manual_seed(cfg.seed + 1)
     c = llama_config(cfg.draft, tok, cfg)
-    tokens, n = teacher["tokens"], len(teacher["tokens"])
-    ans, lengths = pad(tokens, tok.eos_id, device)
-    probs = torch.zeros(n, ans.shape[1], c.vocab_size, dtype=torch.float16)
-    for i, p in enumerate(teacher["probs"]):
-        probs[i, : len(p), : p.shape[1]] = p
+    teacher = load_file(str(out / "teacher.safetensors"))
+    ans, lengths, probs = teacher["tokens"].to(device), teacher["lengths"].to(device), teacher["probs"]
+    n = len(ans)
     if imu:
         lb = LimuBertConfig(**json.loads((out / "limu_bert" / "config.json").read_text()))
         encoder = LimuBert.from_pretrained(out / "limu_bert" / "model.safetensors", lb).transformer.requires_grad_(False)
@@ -477,14 +487,12 @@ def recipe(cfg: RecipeConfig, out: Path, stages: list[str], data_path: Path | No
         timed("target", lambda: train_target(cfg, data, tok, out, device))
     if "limu-bert" in stages:
         timed("limu-bert", lambda: train_limu_bert(cfg, data, out, device))
-    if "draft" in stages or "text-draft" in stages:
-        teacher = timed("teacher", lambda: teacher_outputs(cfg, data, out, device))
-        agree = [t == a for t, a in zip(teacher["tokens"], answer_ids(tok, data["texts"]))]
-        report["target_exact_narrations"] = sum(agree) / len(agree)
-        if "draft" in stages:
-            timed("imu-draft", lambda: train_draft(cfg, data, teacher, tok, out, device, imu=True))
-        if "text-draft" in stages:
-            timed("text-draft", lambda: train_draft(cfg, data, teacher, tok, out, device, imu=False))
+    if "teacher" in stages:
+        report["target_exact_narrations"] = timed("teacher", lambda: teacher_outputs(cfg, data, tok, out, device))
+    if "draft" in stages:
+        timed("imu-draft", lambda: train_draft(cfg, data, tok, out, device, imu=True))
+    if "text-draft" in stages:
+        timed("text-draft", lambda: train_draft(cfg, data, tok, out, device, imu=False))
     return finish(report, out, t_all)
 
 
@@ -503,7 +511,7 @@ def ship(out: Path, dest: Path) -> None:
     shutil.copy(out / "recipe.json", dest / "recipe.json")
 
 
-STAGES = ["data", "target", "limu-bert", "draft", "text-draft"]
+STAGES = ["data", "target", "limu-bert", "teacher", "draft", "text-draft"]
 
 
 def add_train_parser(sub) -> None:
