@@ -273,22 +273,23 @@ def narration_corpus() -> list[str]:
 
 
 @functools.cache
-def _texture(name: str, width: int) -> np.ndarray:
-    """The scene resized so the plane's texel is one pixel at its distance (1.3 views wide), in 5..95 % reflectance
-    (printed paper under room light: no pixel is black, so log intensity stays finite). Cached per scene and size."""
+def _texture(name: str, width: int, height: int) -> np.ndarray:
+    """The scene as printed on the plane: contrast-equalised (CLAHE, so dim photographs still texture the view),
+    in 5..95 % reflectance (paper under room light: no black pixel, log intensity stays finite) and resized so a
+    texel is one sensor pixel at the plane's distance and the print covers 1.3 views each way. Cached per size."""
     from skimage.exposure import equalize_adapthist
     from skimage.transform import resize
 
     img = equalize_adapthist(Scene(name, "").load(), clip_limit=0.03)
-    tw = round(1.3 * width)
-    tex = resize(img, (max(round(tw * img.shape[0] / img.shape[1]), 2), tw), order=1, anti_aliasing=True)
+    scale = 1.3 * max(width / img.shape[1], height / img.shape[0])
+    tex = resize(img, (round(scale * img.shape[0]), round(scale * img.shape[1])), order=1, anti_aliasing=True)
     return 0.05 + 0.9 * tex
 
 
 def render(p: Plan, t_s: np.ndarray, config: WorldConfig = WorldConfig()) -> np.ndarray:
     """[T, H, W] grey frames at times ``t_s`` (s from the window's start): each pixel's ray meets the plane
     Z = distance, which is sampled bilinearly (mirrored beyond the photograph)."""
-    tex = _texture(p.scene.name, config.width)
+    tex = _texture(p.scene.name, config.width, config.height)
     f = config.focal_px
     v, u = np.mgrid[0:config.height, 0:config.width].astype(np.float64)
     rays = np.stack([(u - (config.width - 1) / 2) / f, (v - (config.height - 1) / 2) / f, np.ones_like(u)])
