@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from .evaluate import add_eval_parser
 from .events import cli as events_cli
 from .imu.inspect import add_inspect_imu_parser
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_inspect_events_parser(sub)
     events_cli.add_simulate_events_parser(sub)
     add_inspect_imu_parser(sub)
+    add_eval_parser(sub)
     return p
 
 
