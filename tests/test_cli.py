@@ -127,3 +127,111 @@ def test_generate_with_an_imu_draft(tmp_path, capsys):
     assert "is an IMU draft (llava_llama): give the recording with --imu FILE" in capsys.readouterr().err
     assert main([*common, *imu]) == 2
     assert "--imu is the draft's input" in capsys.readouterr().err
+
+
+def paired_models(root):
+    """A tiny EventGPT target, a project-trained-style LLaSA draft (config.json ``limu_bert``), an original LLaSA and
+    a text draft, all in the target's 32,003-token vocabulary."""
+    from dataclasses import asdict
+
+    from test_eventgpt import VOCAB, checkpoint_336
+    from test_llasa import write_full_checkpoint
+
+    from imuspec.encoders.limu_bert import LimuBertConfig
+
+    target, _ = checkpoint_336(root)
+    trained, _, _ = write_full_checkpoint(root / "trained", VOCAB, limu_bert=asdict(LimuBertConfig()))
+    original, _, _ = write_full_checkpoint(root / "original", VOCAB)
+    return target, trained, original, text_draft(root / "text", VOCAB)
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    from imuspec.paired import aedat4_windows
+
+    path = fixture_path("aedat4", "davis_sample_short.aedat4")
+    return paired_models(tmp_path_factory.mktemp("paired")), path, aedat4_windows(path)
+
+
+def test_generate_on_a_paired_window(paired, tmp_path, capsys):
+    """--paired FILE --window: the target reads the window's events (as the same events in a file), a trained LLaSA
+    draft its IMU; the output is the target's alone; an IMU CSV + event file on the same window give the same."""
+    from test_eventgpt import QUERY
+    from test_paired import write_csv
+
+    from imuspec.events import read_aedat4, write_events
+
+    (target, trained, _, text), path, ws = paired
+    window = f"{ws[4].t0_us}:{ws[4].t1_us}"
+    common = ["generate", "--target", str(target), "--prompt", QUERY, "--max-new-tokens", "10", "--json"]
+    alone = run_json(capsys, *common, "--paired", str(path), "--window", window)
+    spec = run_json(capsys, *common, "--paired", str(path), "--window", window, "--draft", str(trained), "--gamma", "3")
+    assert spec["token_ids"] == alone["token_ids"] and spec["stats"]["steps"] >= 1
+    with_text = run_json(capsys, *common, "--paired", str(path), "--window", window, "--draft", str(text))
+    assert with_text["token_ids"] == alone["token_ids"]
+
+    write_events(ws[4].events, tmp_path / "window.npy")
+    assert run_json(capsys, *common, "--events", str(tmp_path / "window.npy"))["token_ids"] == alone["token_ids"]
+    rec = read_aedat4(path)
+    write_csv(tmp_path / "imu.csv", rec.imu)
+    write_events(rec.events, tmp_path / "events.h5")
+    files = run_json(capsys, *common, "--imu", str(tmp_path / "imu.csv"), "--events", str(tmp_path / "events.h5"),
+                     "--window", window, "--draft", str(trained), "--gamma", "3")
+    assert files["token_ids"] == alone["token_ids"] and files["stats"]["accepted_per_step"] == spec["stats"]["accepted_per_step"]
+
+
+def test_generate_paired_errors(paired, capsys):
+    (target, trained, original, _), path, ws = paired
+    common = ["generate", "--target", str(target), "--prompt", "hi", "--paired", str(path)]
+    t0 = ws[0].t0_us
+    for window, message in [
+        (f"{t0 + 50_000}:{t0}", f"over [{t0 + 50_000}, {t0}) µs: the window is empty or reversed"),
+        (f"{t0 - 10**6}:{t0}", "field 't' covers 1605537493.718788..1605537494.307448 s; expected it to cover the window"),
+        ("soon:later", "--window 'soon:later': expected START_US:END_US"),
+    ]:
+        assert main([*common, "--window", window]) == 2
+        assert message in capsys.readouterr().err
+    assert main(common) == 2
+    assert "--paired needs --window START_US:END_US" in capsys.readouterr().err
+    assert main([*common, "--window", f"{t0}:{t0 + 50_000}", "--events", str(path)]) == 2
+    assert "--paired FILE holds both the events and the IMU" in capsys.readouterr().err
+    assert main([*common, "--window", f"{t0}:{t0 + 50_000}", "--draft", str(original)]) == 2
+    assert "expected at least 120 (6 s) for a LIMU-BERT window" in capsys.readouterr().err
+    assert main(["generate", "--target", str(target), "--prompt", "hi", "--window", f"{t0}:{t0 + 50_000}"]) == 2
+    assert "--window needs --paired FILE, or --imu FILE with --events FILE or --video FILE" in capsys.readouterr().err
+
+
+def test_original_llasa_reads_6s_from_the_window_start(paired, tmp_path, capsys):
+    """An original LLaSA reads its usual 6 s from the window's start: the same prompt as a recording cut there by
+    hand; end to end through --imu CSV + --video (events simulated) + --window."""
+    import numpy as np
+    from test_paired import EGO4D_HEADER
+
+    from imuspec.families import open_draft
+    from imuspec.imu import from_array, read_imu
+    from imuspec.models.llasa import LLaSA
+    from imuspec.paired import from_files
+
+    (target, trained, original, _), _, _ = paired
+    t = np.arange(0, 8.0, 0.01)
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((len(t), 6)) * 0.3
+    data[:, 2] += 9.8
+    np.savetxt(tmp_path / "imu.csv", np.column_stack([t * 1e3, data]), delimiter=",", header=EGO4D_HEADER, comments="")
+    video = fixture_path("videos", "sample_demo_1.mp4")
+    s = from_files(tmp_path / "imu.csv", 500_000, 550_000, video=video)
+    draft = open_draft(original, None, None)
+    k = 50  # the sample at 0.5 s
+    by_hand = from_array(data[k:], 100.0, t=t[k:])
+    assert torch.equal(draft.embed("hi", s), draft.embed("hi", by_hand))
+    assert not torch.equal(draft.embed("hi", s), draft.embed("hi", read_imu(tmp_path / "imu.csv")))
+    llasa = LLaSA.from_pretrained(trained)  # a trained draft reads the window itself, as seq_len points
+    assert torch.equal(open_draft(trained, None, None).embed("hi", s), llasa.prompt_embeds("hi", s.imu_input(120)))
+
+    out = run_json(capsys, "generate", "--target", str(target), "--prompt", "hi", "--imu", str(tmp_path / "imu.csv"),
+                   "--video", str(video), "--window", "500000:550000", "--draft", str(original), "--max-new-tokens",
+                   "6", "--json")
+    assert out["stats"]["steps"] >= 1
+    assert main(["generate", "--target", str(target), "--prompt", "hi", "--imu", str(tmp_path / "imu.csv"), "--video",
+                 str(video), "--window", "2500000:2550000", "--draft", str(original)]) == 2
+    assert "expected at least 120 (6 s) for a LIMU-BERT window" in capsys.readouterr().err

@@ -75,9 +75,9 @@ def _ours_logits(model: LLaSA, x):
         return model.decoder(embeds=emb[None])[0], emb
 
 
-def _hf_model():
+def _hf_model(vocab_size: int = HF_KW["vocab_size"]):
     torch.manual_seed(0)
-    return LlamaForCausalLM(HFLlamaConfig(**HF_KW)).eval()
+    return LlamaForCausalLM(HFLlamaConfig(**{**HF_KW, "vocab_size": vocab_size})).eval()
 
 
 @pytest.fixture
@@ -85,15 +85,16 @@ def hf_model():
     return _hf_model()
 
 
-def write_full_checkpoint(folder):
+def write_full_checkpoint(folder, vocab_size: int = HF_KW["vocab_size"], **config):
     """A full (non-LoRA) LLaSA folder as LLaVA saves it, LIMU-BERT included as the tower
-    (LLaSA's tower is nn.Sequential(LIMU-BERT transformer): model.vision_tower.vision_tower.0.*)."""
+    (LLaSA's tower is nn.Sequential(LIMU-BERT transformer): model.vision_tower.vision_tower.0.*); ``config`` adds
+    config.json fields (``limu_bert`` makes it a project-trained draft)."""
     folder.mkdir(parents=True, exist_ok=True)
-    hf, proj = _hf_model(), _projector_sd()
+    hf, proj = _hf_model(vocab_size), _projector_sd()
     tower = {"model.vision_tower.vision_tower.0." + k[len("transformer."):]: v
              for k, v in _limu_sd().items() if k.startswith("transformer.")}
     torch.save({**hf.state_dict(), **proj, **tower}, folder / "pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps(_llava_config(hf)))
+    (folder / "config.json").write_text(json.dumps({**_llava_config(hf), **config}))
     _tokenizer_into(folder)
     return folder, hf, proj
 

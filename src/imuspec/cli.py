@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from .evaluate import add_eval_parser
 from .events import cli as events_cli
 from .imu.inspect import add_inspect_imu_parser
 from .demo import add_demo_parser
@@ -20,8 +21,35 @@ def _device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _window(text: str) -> tuple[int, int]:
+    try:
+        t0, t1 = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--window {text!r}: expected START_US:END_US, two integers (µs on the recording's clock)") from None
+    return t0, t1
+
+
+def _paired_sample(a: argparse.Namespace):
+    """The window of ``--paired FILE`` or of ``--imu FILE`` with ``--events``/``--video``; None without --window."""
+    from .paired import from_aedat4, from_files
+
+    if a.paired and (a.imu or a.events or a.video):
+        raise ValueError("--paired FILE holds both the events and the IMU: give it without --imu, --events, --video")
+    if a.window is None:
+        if a.paired:
+            raise ValueError("--paired needs --window START_US:END_US (µs on the file's clock)")
+        return None
+    if a.paired:
+        return from_aedat4(a.paired, *_window(a.window))
+    if not a.imu or not (a.events or a.video):
+        raise ValueError("--window needs --paired FILE, or --imu FILE with --events FILE or --video FILE")
+    return from_files(a.imu, *_window(a.window), events=a.events, video=a.video, imu_index=a.imu_index)
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .families import load_draft, load_target
+    from pathlib import Path
+
+    from .families import draft_kind, is_imu_draft, load_draft, load_target
     from .sampling import Sampling
     from .speculative import GenerationConfig, generate
     from .templates import get_template
@@ -29,10 +57,14 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if a.template:
         get_template(a.template)  # an unknown name fails before any loading
     dev, dtype = _device(a.device), DTYPES[a.dtype]
-    target = load_target(a.target, a.prompt, a.template, a.events, a.video, dtype, dev)
-    if a.imu and not a.draft:
+    sample = _paired_sample(a)
+    events, imu = (sample.events, sample) if sample else (a.events, a.imu)
+    target = load_target(a.target, a.prompt, a.template, events, a.video, dtype, dev)
+    if a.imu and not a.draft and not sample:
         raise ValueError("--imu is the draft's input: give an IMU draft with --draft")
-    draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, a.imu, a.imu_index, a.imu_encoder, a.chronos,
+    if sample and a.draft and not is_imu_draft(draft_kind(Path(a.draft))):
+        imu = None  # a text-only draft next to a paired window
+    draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
                        a.target, dtype, dev) if a.draft else None
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
@@ -101,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--events", help="event file for an EventGPT target (.npy, .aedat4, .h5, .txt)")
     g.add_argument("--video", help="video file for a Video-LLaVA target")
     g.add_argument("--imu", help="IMU recording for an IMU draft (any format `imuspec inspect-imu` reads)")
+    g.add_argument("--paired", metavar="FILE", help="an AEDAT4 file holding events and IMU: the target reads the "
+                   "window's events, the draft the IMU over the same window (needs --window)")
+    g.add_argument("--window", metavar="START_US:END_US", help="the moment to describe, in µs on the recording's clock "
+                   "(IMU seconds x 1e6 = event µs), with --paired or --imu and --events/--video. The project's trained "
+                   "LLaSA drafts read the window's IMU; original LLaSA/OneLLM/SensorLLM checkpoints read their usual "
+                   "input (6 s / 2 s / the recording) from the window's start, and fail if it is too short")
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
@@ -130,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_simulate_events_parser(sub)
     add_inspect_imu_parser(sub)
     add_train_parser(sub)
+    add_eval_parser(sub)
     add_demo_parser(sub)
     return p
 

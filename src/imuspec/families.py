@@ -1,21 +1,33 @@
-"""From a checkpoint folder and the user's sensor file to what the engine takes: a decoder and its prompt.
+"""From a checkpoint folder and the user's sensor input to what the engine takes: a decoder and its prompt.
 
 The family comes from ``config.json``'s ``model_type``; each family builds its own prompt with its own template and
 modality tokens (see ``imuspec.models``). A plain LLaMA folder is a text-only side: the query under ``template`` (or
-as it is), with BOS.
+as it is), with BOS. :func:`open_target` / :func:`open_draft` load a checkpoint once as a :class:`Family` that
+prompts any number of inputs; :func:`load_target` / :func:`load_draft` do both for one input (a file or data in
+memory), as ``imuspec generate`` needs.
+
+IMU drafts and time windows: the project's trained LLaSA-family drafts (``config.json`` has ``limu_bert``) read a
+paired sample's window as ``imu_encoder.config.seq_len`` points (:meth:`PairedSample.imu_input`); the original
+LLaSA, OneLLM and SensorLLM checkpoints read their usual input (LLaSA 6 s, OneLLM 2 s, SensorLLM the recording)
+starting at the window's start, which fails if the recording is too short for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .checkpoint import load_decoder, read_json
+from .imu.preprocess import span_input, starting_at
+from .imu.recording import IMURecording
 from .model import Decoder
+from .paired import PairedSample
 from .templates import Tokenizer, get_template
 
 
@@ -28,74 +40,133 @@ class Side:
     tokenizer: Tokenizer
 
 
+@dataclass
+class Family:
+    """A loaded checkpoint: ``embed(query, sensor_input)`` builds its prompt for one input (None for text-only)."""
+
+    decoder: Decoder
+    tokenizer: Tokenizer
+    embed: Callable[[str, Any], Tensor]
+    kind: str
+
+    def side(self, query: str, x: Any = None) -> Side:
+        return Side(self.decoder, self.embed(query, x), self.tokenizer)
+
+
 def model_type(folder: str | Path) -> str:
     return read_json(Path(folder) / "config.json").get("model_type", "llama")
 
 
-def text_side(folder: str | Path, query: str, template: str | None, dtype, device, tokenizer: Tokenizer | None = None) -> Side:
+def _text(folder: Path, template: str | None, dtype, device, tokenizer: Tokenizer | None = None) -> Family:
     """A LLaMA folder prompted with text only (its own tokenizer, else ``tokenizer``)."""
-    folder = Path(folder)
     has_tokenizer = any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model"))
     tok = Tokenizer(folder) if has_tokenizer or tokenizer is None else tokenizer
-    text = get_template(template).prompt(query) if template else query
-    decoder = load_decoder(folder, dtype, device)
-    return Side(decoder, torch.tensor(tok.encode(text), device=device), tok)
+    fmt = get_template(template).prompt if template else (lambda q: q)
+    embed = lambda q, _=None: torch.tensor(tok.encode(fmt(q)), device=device)  # noqa: E731
+    return Family(load_decoder(folder, dtype, device), tok, embed, "llama")
 
 
-def load_target(folder: str | Path, query: str, template: str | None = None, events: str | Path | None = None,
-                video: str | Path | None = None, dtype=torch.float32, device="cpu") -> Side:
-    """EventGPT (with ``events``), Video-LLaVA (with ``video``) or a text-only LLaMA target."""
-    kind = model_type(folder)
+def open_target(folder: str | Path, template: str | None = None, dtype=torch.float32, device="cpu") -> Family:
+    """EventGPT (input: an event file or :class:`~imuspec.events.EventStream`), Video-LLaVA (a video file) or a
+    text-only LLaMA (no input)."""
+    folder, kind = Path(folder), model_type(folder)
     if kind == "EventChat_llama":
-        from .events import read_events
+        from .events import EventStream, read_events
         from .models.eventgpt import EventGPT
 
-        if events is None:
-            raise ValueError(f"{folder} is an EventGPT checkpoint: give the event file with --events FILE")
         m = EventGPT.from_pretrained(folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, m.pixel_values(read_events(events))), m.tokenizer)
+
+        def embed(q, events):
+            return m.prompt_embeds(q, m.pixel_values(events if isinstance(events, EventStream) else read_events(events)))
+
+        return Family(m.decoder, m.tokenizer, embed, kind)
     if kind == "video_llava":
         from .models.videollava import VideoLLaVA
 
-        if video is None:
-            raise ValueError(f"{folder} is a Video-LLaVA checkpoint: give the video with --video FILE")
         m = VideoLLaVA.from_pretrained(folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, video), m.tokenizer)
-    if events is not None or video is not None:
+        return Family(m.decoder, m.tokenizer, m.prompt_embeds, kind)
+    return _text(folder, template, dtype, device)
+
+
+def load_target(folder: str | Path, query: str, template: str | None = None, events=None, video=None,
+                dtype=torch.float32, device="cpu") -> Side:
+    """:func:`open_target` prompted with ``events`` (EventGPT: a file or an EventStream) or ``video`` (Video-LLaVA)."""
+    kind = model_type(folder)
+    if kind == "EventChat_llama" and events is None:
+        raise ValueError(f"{folder} is an EventGPT checkpoint: give the event file with --events FILE")
+    if kind == "video_llava" and video is None:
+        raise ValueError(f"{folder} is a Video-LLaVA checkpoint: give the video with --video FILE")
+    if kind not in ("EventChat_llama", "video_llava") and (events is not None or video is not None):
         raise ValueError(f"--events and --video need an EventGPT or Video-LLaVA target; {folder} has model_type {kind!r}")
-    return text_side(folder, query, template, dtype, device)
+    x = events if kind == "EventChat_llama" else video
+    return open_target(folder, template, dtype, device).side(query, x)
 
 
-def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: Tokenizer, imu: str | Path | None = None,
-               imu_index: int | None = None, imu_encoder: str | Path | None = None, chronos: str | Path | None = None,
-               tokenizer_folder: str | Path | None = None, dtype=torch.float32, device="cpu") -> Side:
-    """An IMU draft with the recording ``imu`` (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth``), or a
-    text-only LLaMA draft, which borrows the target's tokenizer when it has none (the vocabulary must be shared)."""
+def draft_kind(folder: Path) -> str:
+    return "onellm" if folder.suffix == ".pth" else model_type(folder)
+
+
+def is_imu_draft(kind: str) -> bool:
+    return kind == "onellm" or kind.startswith("llava")
+
+
+def _from_start(x: IMURecording | PairedSample) -> IMURecording:
+    """What an original IMU LLM reads: the recording, from the window's start for a paired sample."""
+    return starting_at(x.imu, x.t0_us * 1e-6) if isinstance(x, PairedSample) else x
+
+
+def _span(x: IMURecording | PairedSample, n: int) -> np.ndarray:
+    """What a trained draft reads: the window (a whole recording: its span) as ``n`` points."""
+    return x.imu_input(n) if isinstance(x, PairedSample) else span_input(x, x.t[0], x.t[-1], n)
+
+
+def open_draft(folder: str | Path, template: str | None, tokenizer: Tokenizer, imu_encoder: str | Path | None = None,
+               chronos: str | Path | None = None, tokenizer_folder: str | Path | None = None, dtype=torch.float32,
+               device="cpu") -> Family:
+    """An IMU draft (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth``) whose input is an
+    :class:`IMURecording` or a :class:`PairedSample`, or a text-only LLaMA draft, which borrows the target's
+    ``tokenizer`` when it has none (the vocabulary must be shared)."""
     folder = Path(folder)
-    kind = "onellm" if folder.suffix == ".pth" else model_type(folder)
-    imu_family = kind == "onellm" or kind.startswith(("llava"))
-    if imu_family != (imu is not None):
-        raise ValueError(f"--imu goes with an IMU draft (LLaSA, OneLLM, SensorLLM); {folder} is model_type {kind!r}"
-                         if imu is not None else f"{folder} is an IMU draft ({kind}): give the recording with --imu FILE")
-    if not imu_family:
-        return text_side(folder, query, template, dtype, device, tokenizer)
-    from .imu import read_imu
-
-    rec = read_imu(imu, imu_index)
+    kind = draft_kind(folder)
+    if not is_imu_draft(kind):
+        return _text(folder, template, dtype, device, tokenizer)
     if kind == "onellm":
         from .models.onellm import OneLLM
 
         m = OneLLM.from_pretrained(folder, tokenizer_folder, dtype=dtype, device=device)
-        return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer)
+        return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, _from_start(x)), kind)
     if kind.startswith("sensorllm"):
         from .models.sensorllm import SensorLLM
 
         if chronos is None:
             raise ValueError(f"{folder} is a SensorLLM checkpoint: give its Chronos folder with --chronos DIR")
         m = SensorLLM.from_pretrained(folder, chronos, dtype=dtype, device=device)
-        series = torch.from_numpy(rec.data().T.astype(np.float32))  # Chronos mean-scales each channel: units cancel
-        return Side(m.decoder, m.prompt_embeds(query, series), m.tokenizer)
+        # Chronos mean-scales each channel: units cancel
+        series = lambda x: torch.from_numpy(_from_start(x).data().T.astype(np.float32))  # noqa: E731
+        return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, series(x)), kind)
     from .models.llasa import LLaSA
 
     m = LLaSA.from_pretrained(folder, imu_encoder=imu_encoder, dtype=dtype, device=device)
-    return Side(m.decoder, m.prompt_embeds(query, rec), m.tokenizer or tokenizer)
+    if "limu_bert" in read_json(folder / "config.json"):
+        n = m.imu_encoder.config.seq_len
+        return Family(m.decoder, m.tokenizer or tokenizer, lambda q, x: m.prompt_embeds(q, _span(x, n)), kind)
+    return Family(m.decoder, m.tokenizer or tokenizer, lambda q, x: m.prompt_embeds(q, _from_start(x)), kind)
+
+
+def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: Tokenizer,
+               imu: str | Path | PairedSample | None = None, imu_index: int | None = None,
+               imu_encoder: str | Path | None = None, chronos: str | Path | None = None,
+               tokenizer_folder: str | Path | None = None, dtype=torch.float32, device="cpu") -> Side:
+    """:func:`open_draft` prompted with ``imu``: a recording file (``imu_index`` picks one of several) or a paired
+    sample; none for a text-only draft."""
+    folder = Path(folder)
+    kind = draft_kind(folder)
+    if is_imu_draft(kind) != (imu is not None):
+        raise ValueError(f"--imu goes with an IMU draft (LLaSA, OneLLM, SensorLLM); {folder} is model_type {kind!r}"
+                         if imu is not None else f"{folder} is an IMU draft ({kind}): give the recording with --imu FILE")
+    if isinstance(imu, (str, Path)):
+        from .imu import read_imu
+
+        imu = read_imu(imu, imu_index)
+    family = open_draft(folder, template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device)
+    return family.side(query, imu)

@@ -94,13 +94,12 @@ def onellm_input(rec: IMURecording, start: int = 0) -> np.ndarray:
     return np.concatenate([r.accel, r.gyro], axis=1).T.astype(np.float32)
 
 
-def span_input(rec: IMURecording, t0_s: float, t1_s: float, n: int) -> np.ndarray:
-    """[n, 6] float32 in LIMU-BERT's units (:func:`limu_bert_normalize`) at ``n`` evenly spaced instants covering
-    [t0_s, t1_s) (bin centres), linearly interpolated: a fixed-size input for a window of any IMU rate, as the
-    project's trained drafts take a short window paired with events. The recording must cover the span."""
-    if not t1_s > t0_s or n < 1:
-        raise IMUError(f"{rec.source}: span [{t0_s}, {t1_s}) s with {n} points; expected t1 > t0 and n >= 1")
-    tol = 1.5 / rec.rate_hz  # the nearest samples may sit up to a period (and jitter) outside the span
+def check_span(rec: IMURecording, t0_s: float, t1_s: float) -> None:
+    """Raise :class:`IMUError` unless ``rec`` covers [t0_s, t1_s) without gaps (the nearest samples may sit up to
+    1.5 periods outside the span: a sample every period, plus clock jitter)."""
+    if not t1_s > t0_s:
+        raise IMUError(f"{rec.source}: span [{t0_s}, {t1_s}) s; expected t1 > t0")
+    tol = 1.5 / rec.rate_hz
     if rec.t[0] > t0_s + tol or rec.t[-1] < t1_s - tol:
         raise IMUError(f"{rec.source}: field 't' covers {rec.t[0]:.6f}..{rec.t[-1]:.6f} s; expected it to cover the "
                        f"window {t0_s:.6f}..{t1_s:.6f} s (IMU at {rec.rate_hz:g} Hz)")
@@ -110,9 +109,29 @@ def span_input(rec: IMURecording, t0_s: float, t1_s: float, n: int) -> np.ndarra
         i = int(np.argmax(gaps))
         raise IMUError(f"{rec.source}: field 't' has a gap of {gaps[i] * 1e3:.1f} ms at {rec.t[inside][i]:.6f} s inside "
                        f"the window; expected samples every {1e3 / rec.rate_hz:.2f} ms")
+
+
+def span_input(rec: IMURecording, t0_s: float, t1_s: float, n: int) -> np.ndarray:
+    """[n, 6] float32 in LIMU-BERT's units (:func:`limu_bert_normalize`) at ``n`` evenly spaced instants covering
+    [t0_s, t1_s) (bin centres), linearly interpolated: a fixed-size input for a window of any IMU rate, as the
+    project's trained drafts take a short window paired with events. The recording must cover the span."""
+    if n < 1:
+        raise IMUError(f"{rec.source}: {n} points for span [{t0_s}, {t1_s}) s; expected n >= 1")
+    check_span(rec, t0_s, t1_s)
     x = limu_bert_normalize(rec)
     at = t0_s + (np.arange(n) + 0.5) * (t1_s - t0_s) / n
     return np.stack([np.interp(at, rec.t, x[:, c]) for c in range(x.shape[1])], 1).astype(np.float32)
+
+
+def starting_at(rec: IMURecording, t0_s: float) -> IMURecording:
+    """``rec`` from its sample nearest ``t0_s`` on: where a model with a fixed input length (LLaSA's 6 s, OneLLM's
+    2 s) reads a recording from a window's start."""
+    i = int(np.searchsorted(rec.t, t0_s - 0.5 / rec.rate_hz))
+    if rec.n_samples - i < 2:
+        raise IMUError(f"{rec.source}: field 't' ends at {rec.t[-1]:.6f} s; expected samples from {t0_s:.6f} s on")
+    s = slice(i, None)
+    return replace(rec, t=rec.t[s], accel=rec.accel[s], gyro=rec.gyro[s], mag=rec.mag[s] if rec.mag is not None else None,
+                   source=f"{rec.source}@{t0_s:.6f}s")
 
 
 def limu_bert_windows(rec: IMURecording, hop: int = LIMU_SEQ_LEN) -> tuple[np.ndarray, np.ndarray]:

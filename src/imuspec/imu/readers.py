@@ -252,19 +252,25 @@ def read_watch_npz(path: str | Path, rate_hz: float = 50.0) -> list[IMURecording
 def read_aedat4(path: str | Path) -> IMURecording:
     """The IMU stream of an AEDAT4 file (iniVation DAVIS / DVXplorer): microseconds, g, deg/s.
 
-    The file is decoded once, with its events, by :func:`imuspec.events.readers.read_aedat4`. Times stay absolute
-    (seconds since the epoch, like the event stream) so the two can be aligned; an all-zero magnetometer (cameras
-    without one) is dropped.
+    The file is decoded once, with its events, by :func:`imuspec.events.readers.read_aedat4`.
     """
     from ..events.readers import read_aedat4 as read_camera
 
-    x = read_camera(path).imu
+    return from_aedat4_imu(read_camera(path).imu, str(path))
+
+
+def from_aedat4_imu(x: np.ndarray | None, source: str) -> IMURecording:
+    """A recording from an AEDAT4 IMU structured array (``t`` µs, ``accelerometer_*`` g, ``gyroscope_*`` deg/s).
+
+    Times stay absolute (seconds since the epoch, like the event stream) so the two can be aligned; an all-zero
+    magnetometer (cameras without one) is dropped.
+    """
     if x is None:
-        raise IMUError(f"{path}: field 'imus': no IMU stream; expected an AEDAT4 file recorded with the IMU on")
+        raise IMUError(f"{source}: field 'imus': no IMU stream; expected an AEDAT4 file recorded with the IMU on")
     t = x["t"].astype(np.int64) * 1e-6
     cols = lambda s: np.stack([x[f"{s}_{a}"] for a in "xyz"], 1)  # noqa: E731
     mag = cols("magnetometer")
-    return IMURecording(t, cols("accelerometer"), cols("gyroscope"), "g", "deg/s", _rate_from(t), str(path), "aedat4",
+    return IMURecording(t, cols("accelerometer"), cols("gyroscope"), "g", "deg/s", _rate_from(t), source, "aedat4",
                         mag=mag if np.any(mag) else None, meta={"temperature_c": float(np.mean(x["temperature"]))})
 
 
