@@ -8,10 +8,10 @@ import sys
 
 import torch
 
+from .demo import add_demo_parser
 from .evaluate import add_eval_parser
 from .events import cli as events_cli
 from .imu.inspect import add_inspect_imu_parser
-from .demo import add_demo_parser
 from .train import add_train_parser
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
