@@ -14,7 +14,7 @@ from test_cli import paired_models
 
 import imuspec
 from imuspec.cli import main
-from imuspec.evaluate import mean_ci
+from imuspec.evaluate import format_table, mean_ci, summarize
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,17 @@ def test_mean_ci_is_the_t_interval():
     assert abs(d["lo"] - (2 - 4.302653 / 3 ** 0.5)) < 1e-5 and abs(d["hi"] - (2 + 4.302653 / 3 ** 0.5)) < 1e-5
     assert mean_ci([0.5]) == {"mean": 0.5, "lo": None, "hi": None, "n": 1}
     assert mean_ci([2.0, 2.0])["lo"] == 2.0
+
+
+def test_imu_minus_text_is_paired_per_sample():
+    def mode(alpha, tau, speedup):
+        return {"alpha": alpha, "alpha_token": alpha, "tau": tau, "c": 0.1, "speedup": speedup, "tokens_per_s": 1.0,
+                "identical_to_target": True}
+
+    rows = [{"target": {"tokens_per_s": 1.0}, "imu": mode(0.5, 3.0, 1.2), "text": mode(0.3, 2.0, 1.0)},
+            {"target": {"tokens_per_s": 1.0}, "imu": mode(0.9, 4.0, 1.5), "text": mode(0.6, 3.0, 1.1)}]
+    s = summarize(rows, ["target", "imu", "text"])
+    assert s["imu_minus_text"]["alpha"]["mean"] == pytest.approx(0.25)
+    # the paired interval is the t-interval of the differences (0.2, 0.3), narrower than either mode's own
+    assert s["imu_minus_text"]["alpha"]["lo"] == pytest.approx(mean_ci([0.2, 0.3])["lo"])
+    assert "imu-text" in format_table(s)

@@ -88,6 +88,10 @@ def summarize(rows: list[dict], modes: list[str]) -> dict:
         out["modes"][mode] = {k: mean_ci([r[mode][k] for r in rows]) for k in keys}
         if mode != "target":
             out["modes"][mode]["mismatches"] = sum(not r[mode]["identical_to_target"] for r in rows)
+    if "imu" in modes and "text" in modes:  # the question asked: paired per sample, so scene difficulty cancels
+        out["imu_minus_text"] = {k: mean_ci([r["imu"][k] - r["text"][k] for r in rows
+                                             if r["imu"][k] is not None and r["text"][k] is not None])
+                                 for k in ("alpha", "tau", "speedup")}
     return out
 
 
@@ -102,6 +106,9 @@ def format_table(summary: dict) -> str:
              f"{'mode':8}" + "".join(f"{c:>26}" for c in cols) + f"{'mismatches':>12}"]
     for mode, m in summary["modes"].items():
         lines.append(f"{mode:8}" + "".join(f"{cell(m.get(c)):>26}" for c in cols) + f"{m.get('mismatches', '-'):>12}")
+    if "imu_minus_text" in summary:
+        lines.append(f"{'imu-text':8}" + "".join(f"{cell(summary['imu_minus_text'].get(c)):>26}" for c in cols)
+                     + "   (paired difference per sample)")
     return "\n".join(lines)
 
 

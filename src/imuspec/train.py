@@ -296,6 +296,8 @@ def fit(model: nn.Module, loss_of, n: int, stage: Stage, seed: int, desc: str) -
 
     if stage.batch % world():
         raise ValueError(f"{desc}: global batch {stage.batch} is not divisible by {world()} processes")
+    if n < stage.batch:
+        raise ValueError(f"{desc}: {n} examples, fewer than one global batch of {stage.batch}")
     module = DistributedDataParallel(model) if dist.is_initialized() else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
