@@ -82,17 +82,14 @@ def timed_runs(target, target_prompt, cfg, draft=None, draft_prompt=None, repeat
 def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max_new_tokens: int = 40,
              plot_path: Path | None = Path("imuspec_demo.png"), repeats: int = 5) -> dict:
     from .events.render import eventgpt_frames
-    from .models.eventgpt import EventGPT
-    from .models.llasa import LLaSA
+    from .families import open_draft, open_target
     from .speculative import GenerationConfig
     from .world import QUERY, make_sample
 
-    torch.manual_seed(0)
     sample = make_sample(seed)
-    target = EventGPT.from_pretrained(weights / "target")
-    draft = LLaSA.from_pretrained(weights / "imu_draft")
-    target_prompt = target.prompt_embeds(QUERY, target.pixel_values(sample.events))
-    draft_prompt = draft.prompt_embeds(QUERY, sample.imu_input(draft.imu_encoder.config.seq_len))
+    target = open_target(weights / "target")
+    draft = open_draft(weights / "imu_draft", None, target.tokenizer)
+    target_prompt, draft_prompt = target.embed(QUERY, sample.events), draft.embed(QUERY, sample)
     target.decoder.setup_cache(len(target_prompt) + max_new_tokens + gamma)
     draft.decoder.setup_cache(len(draft_prompt) + max_new_tokens + gamma)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_token_ids=(target.tokenizer.eos_id,))

@@ -27,8 +27,9 @@ class PairingError(ValueError):
 
 @dataclass(frozen=True)
 class PairedSample:
-    """``events`` in [t0_us, t1_us) and ``imu`` covering that span (the builders keep the whole recording), from ``source``; ``text`` is the reference
-    narration where one exists (the synthetic world), ``meta`` what made the sample (activity, scene, seed...)."""
+    """``events`` in [t0_us, t1_us) and ``imu`` covering that span (the builders keep the whole recording), from
+    ``source``; ``text`` is the reference narration where one exists (the synthetic world), ``meta`` what made the
+    sample (activity, scene, seed...)."""
 
     imu: IMURecording
     events: EventStream
