@@ -135,7 +135,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(r))
         return 0
-    con = Console(highlight=False)
+    con = Console(highlight=False, soft_wrap=True)
     con.print(f"sample  {sample['source']}: {sample['activity']}, scene '{sample['scene']}' (50 ms of events + IMU)")
     con.print(f"world   {sample['reference']}")
     line = Text("target  ")
