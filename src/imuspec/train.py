@@ -56,19 +56,19 @@ class Stage:
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    n_samples: int = 16000
+    n_samples: int = 8000
     first_seed: int = 0  # world seeds [first_seed, first_seed + n_samples); evaluation uses seeds from 1,000,000
     tower: dict = field(default_factory=lambda: dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4,
                                                      num_attention_heads=4, intermediate_size=512))
-    target: dict = field(default_factory=lambda: dict(hidden_size=256, num_hidden_layers=12, num_attention_heads=4,
+    target: dict = field(default_factory=lambda: dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
                                                       intermediate_size=704))
     draft: dict = field(default_factory=lambda: dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                                                      intermediate_size=352))
     imu_points: int = 40  # LIMU-BERT positions over the 50 ms window (a DAVIS IMU gives ~40 samples there)
     loss: str = "tvd"  # draft distillation: "tvd" or "fkl"
-    target_stage: Stage = Stage(epochs=12, lr=1e-3)
-    limu_stage: Stage = Stage(epochs=20, lr=1e-3, batch=128)
-    draft_stage: Stage = Stage(epochs=10, lr=2e-3)
+    target_stage: Stage = Stage(epochs=15, lr=1e-3)
+    limu_stage: Stage = Stage(epochs=30, lr=1e-3, batch=128)
+    draft_stage: Stage = Stage(epochs=15, lr=2e-3)
     max_new_tokens: int = 40
     max_positions: int = 192
     seed: int = 0
