@@ -5,15 +5,14 @@ forward), c (draft seconds per drafted token ÷ the target's seconds per token a
 the target alone (wall time of the whole call, prefills included; prompt building excluded), and whether the output
 equals the target's (greedy: it must). Each checkpoint is loaded once and warmed up on the first sample before timing.
 
-Under ``torchrun --nproc_per_node K`` each rank takes samples[rank::K] (gloo carries only the result rows) and rank 0
-writes ``samples.jsonl``, ``summary.json`` (means with 95 % Student-t intervals) and ``eval.png``.
+Under ``torchrun --nproc_per_node K`` each rank takes samples[rank::K] (:mod:`imuspec.distributed`), the rows are
+gathered, and rank 0 writes ``samples.jsonl``, ``summary.json`` (means with 95 % Student-t intervals) and ``eval.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,20 +161,17 @@ def _query(a: argparse.Namespace) -> str:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    import torch.distributed as dist
     from tqdm import tqdm
 
-    from .cli import DTYPES, _device
+    from . import distributed
+    from .cli import DTYPES
+    from .distributed import close, gather, init_distributed
     from .families import open_draft, open_target
     from .speculative import GenerationConfig
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")  # only the result rows travel
-    rank = dist.get_rank() if world > 1 else 0
-    dev = _device(a.device)
-    if dev == "cuda" and world > 1:
-        dev = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    own = init_distributed()  # this rank's device: its GPU under torchrun
+    rank, world = distributed.rank(), distributed.world()
+    dev = str(own) if a.device is None else a.device
     dtype, query = DTYPES[a.dtype], _query(a)
 
     target = open_target(a.target, dtype=dtype, device=dev)
@@ -190,11 +186,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for i, s in tqdm(mine, disable=rank != 0, desc="eval", unit="sample"):
         row = {"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text, "meta": s.meta}
         rows.append(row | evaluate_sample(target, drafts, s, query, cfg))
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, rows)
-        rows = sorted((r for p in parts for r in p), key=lambda r: r["index"])
-        dist.destroy_process_group()
+    rows = sorted(gather(rows), key=lambda r: r["index"])
+    close()
     if rank != 0:
         return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import save_decoder
+from .distributed import barrier, close, gather, init_distributed, rank, unshard, world
 from .encoders.limu_bert import LimuBert, LimuBertConfig, mask_windows, span_mask
 from .events.render import CLIP_336
 from .model import Decoder, LlamaConfig
@@ -86,51 +86,6 @@ PRESETS = {
         target_stage=Stage(epochs=2, lr=1e-3, batch=8, warmup=1), limu_stage=Stage(epochs=2, lr=1e-3, batch=8, warmup=1),
         draft_stage=Stage(epochs=2, lr=1e-3, batch=8, warmup=1), max_new_tokens=8),
 }
-
-
-# --- distributed plumbing: torchrun sets the environment; one process runs the same code with world size 1 -------
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def init_distributed() -> torch.device:
-    """Join the torchrun group when there is one (NCCL on GPUs, gloo on CPUs); the device of this process."""
-    cuda = torch.cuda.is_available()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
-def gather(items: list) -> list:
-    """Everyone's ``items`` concatenated in rank order (a no-op on one process)."""
-    if not dist.is_initialized():
-        return items
-    out: list = [None] * world()
-    dist.all_gather_object(out, items)
-    return [x for part in out for x in part]
-
-
-def unshard(items: list, n: int) -> list:
-    """Undo ``range(n)[rank::world]`` sharding after :func:`gather`: items back in index order."""
-    order = [i for r in range(world()) for i in range(r, n, world())]
-    out: list = [None] * n
-    for i, x in zip(order, items):
-        out[i] = x
-    return out
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -541,6 +496,5 @@ def cmd_train(a: argparse.Namespace) -> int:
                           "final_loss": {k: v[-1] for k, v in report["losses"].items()}}))
         if a.ship:
             ship(Path(a.out), Path(a.ship))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    close()
     return 0

@@ -58,13 +58,14 @@ def windows(rec: IMURecording, length: int, hop: int | None = None, start: int =
     hop = hop or length
     if length < 2 or hop < 1:
         raise IMUError(f"{rec.source}: window length {length} / hop {hop}; expected length >= 2 and hop >= 1")
-    out = []
-    for i in range(start, rec.n_samples - length + 1, hop):
-        s = slice(i, i + length)
-        mag = rec.mag[s] if rec.mag is not None else None
-        out.append(replace(rec, t=rec.t[s], accel=rec.accel[s], gyro=rec.gyro[s], mag=mag,
-                           source=f"{rec.source}@{rec.t[i]:.3f}s"))
-    return out
+    return [_take(rec, slice(i, i + length), f"{rec.source}@{rec.t[i]:.3f}s")
+            for i in range(start, rec.n_samples - length + 1, hop)]
+
+
+def _take(rec: IMURecording, s: slice, source: str) -> IMURecording:
+    """Samples ``s`` of ``rec``, keeping their timestamps."""
+    mag = rec.mag[s] if rec.mag is not None else None
+    return replace(rec, t=rec.t[s], accel=rec.accel[s], gyro=rec.gyro[s], mag=mag, source=source)
 
 
 def limu_bert_normalize(rec: IMURecording) -> np.ndarray:
@@ -129,9 +130,7 @@ def starting_at(rec: IMURecording, t0_s: float) -> IMURecording:
     i = int(np.searchsorted(rec.t, t0_s - 0.5 / rec.rate_hz))
     if rec.n_samples - i < 2:
         raise IMUError(f"{rec.source}: field 't' ends at {rec.t[-1]:.6f} s; expected samples from {t0_s:.6f} s on")
-    s = slice(i, None)
-    return replace(rec, t=rec.t[s], accel=rec.accel[s], gyro=rec.gyro[s], mag=rec.mag[s] if rec.mag is not None else None,
-                   source=f"{rec.source}@{t0_s:.6f}s")
+    return _take(rec, slice(i, None), f"{rec.source}@{t0_s:.6f}s")
 
 
 def limu_bert_windows(rec: IMURecording, hop: int = LIMU_SEQ_LEN) -> tuple[np.ndarray, np.ndarray]:
