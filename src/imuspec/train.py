@@ -355,7 +355,8 @@ def teacher_outputs(cfg: RecipeConfig, data: dict, tok: Tokenizer, out: Path, de
     rows, idx = [], range(len(data["texts"]))[rank()::world()]
     for i in tqdm(idx, desc="teacher", disable=rank() != 0, unit="sample"):
         prompt = target.prompt_embeds(QUERY, uint8_to_pixels(data["frames"][i]))
-        dec.setup_cache(len(prompt) + cfg.max_new_tokens + 1)
+        if dec.max_len < len(prompt) + cfg.max_new_tokens + 1:  # every prompt has the same length: once
+            dec.setup_cache(len(prompt) + cfg.max_new_tokens + 1)
         tokens = generate(dec, prompt, gcfg).tokens
         dec.rollback(0)
         x = torch.cat([prompt, dec.embed(torch.tensor(tokens[:-1], device=device))])
