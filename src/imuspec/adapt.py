@@ -168,7 +168,7 @@ class Planner:
             return best
         if self.fallback is None:
             h = self._hits.get(1) or next(iter(self._hits.values()))
-            self.fallback = {"alpha": (h[0][1] + 1) / (h[0][0] + 2),
+            self.fallback = {"alpha": h[0][1] / h[0][0],  # measured acceptance of the first draft token
                              "c": next(iter(self._draft_s.values())) / self._v(1)}
         self._idle += 1
         if self._idle >= self.probe_every:  # look again: the text may have become easier to draft
