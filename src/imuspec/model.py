@@ -287,16 +287,31 @@ class Decoder(nn.Module):
         """Forget every cached slot from ``length`` on (per row if a tensor). O(1): nothing is copied."""
         self.length.fill_(length) if isinstance(length, int) else self.length.copy_(length)
 
-    def keep(self, src: Tensor, start: int) -> None:
-        """Move the K/V of slots ``src`` [B, n] to [start, start + n) and set the length to start + n.
+    @property
+    def batch(self) -> int:
+        """Rows the cache holds."""
+        return self.length.shape[0]
+
+    def keep(self, src: Tensor, start: int | Tensor) -> None:
+        """Move the K/V of slots ``src`` [B, n] to [start, start + n) (``start`` per row if a tensor [B]) and set
+        the length to start + n.
 
         After a tree verify, this makes the accepted path contiguous, so the cache equals a prefill of the kept
-        sequence; O(n) copies, never the whole cache.
+        sequence; O(n) copies, never the whole cache. Rows that keep fewer pass any valid slots beyond their count
+        and roll back after: those land beyond their length.
         """
-        dst = start + torch.arange(src.shape[1], device=src.device).expand_as(src)
+        start = torch.as_tensor(start, device=src.device)
+        dst = start.view(-1, 1) + torch.arange(src.shape[1], device=src.device).expand_as(src)
         for layer in self.model.layers:
             layer.self_attn.kv_cache.move(src, dst)
         self.rollback(start + src.shape[1])
+
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only cache rows ``rows`` [B'] (in that order): finished rows of a batch stop costing work."""
+        for layer in self.model.layers:
+            c = layer.self_attn.kv_cache
+            c.k, c.v = c.k[rows], c.v[rows]
+        self.length = self.length[rows]
 
     def compile_steps(self, fuse: bool = True) -> None:
         """Make :meth:`step` fast on a GPU: fused projections, and torch.compile's reduce-overhead mode, which fuses

@@ -6,6 +6,7 @@ compares like with like and the output follows the target's *processed* distribu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,19 @@ def probs(logits: Tensor, s: Sampling) -> Tensor:
     return p
 
 
-def sample(p: Tensor, generator: torch.Generator) -> Tensor:
+Generators = torch.Generator | Sequence[torch.Generator]  # one for the batch, or one per row (leading dimension)
+
+
+def draws(x: Tensor, gen: Generators, fill: str = "exponential_") -> Tensor:
+    """Fill ``x`` in place with random draws (``fill``: ``exponential_`` or ``uniform_``): all from one generator,
+    or row b from ``gen[b]``, so that each row of a batch draws exactly what it would draw decoded alone."""
+    if isinstance(gen, torch.Generator):
+        return getattr(x, fill)(generator=gen)
+    for row, g in zip(x, gen, strict=True):
+        getattr(row, fill)(generator=g)
+    return x
+
+
+def sample(p: Tensor, generator: Generators) -> Tensor:
     """One token per row of ``p`` [..., V]: argmax of p / Exp(1), an exact draw that needs no host sync."""
-    e = torch.empty_like(p).exponential_(generator=generator)
-    return (p / e).argmax(-1)
+    return (p / draws(torch.empty_like(p), generator)).argmax(-1)

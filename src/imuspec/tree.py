@@ -13,8 +13,8 @@ depend on its own value, and reranking by value would break that.
 
 Accepting is pure: :func:`greedy_accept` (longest path of target argmaxes) and :func:`sample_accept` (recursive
 rejection sampling over siblings, SpecInfer / Sequoia), both on the device, returning the path for one host read.
-Everything carries a leading batch dimension B (rows are independent trees): the engine runs B = 1, the
-distribution tests draw 20,000 trees at once.
+Everything carries a leading batch dimension B (rows are independent trees, each with its own cache length and,
+optionally, its own random generator): the engine decodes B rows at once, the distribution tests draw 20,000 trees.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .model import Decoder
-from .sampling import Sampling, probs, sample
+from .sampling import Generators, Sampling, draws, probs, sample
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,17 @@ def _rows(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape, s: Sampling,
-         gen: torch.Generator) -> Tree:
-    """Draft trees after the committed tokens ``pending`` [B, P] (the last is each root), the draft's cache holding
-    ``start`` slots before them. On return the draft's cache holds pending and then every expanded node."""
+         gen: Generators, n_pending: Tensor | None = None) -> Tree:
+    """Draft trees after the committed tokens ``pending`` [B, P] (the last real one is each root), the draft's cache
+    holding ``start`` slots before them. Rows may have fewer: ``n_pending`` [B] real tokens, right-padded (the pads
+    land beyond the row's length and the tree overwrites them). On return the draft's cache holds pending and then
+    every expanded node."""
     dev, k, (b, n_pend) = pending.device, shape.width, pending.shape
-    root_pos = torch.as_tensor(start, device=dev).expand(b) + n_pend - 1  # [B] the root's slot and RoPE position
+    last = torch.full((b,), n_pend - 1, device=dev) if n_pending is None else n_pending - 1  # [B] each root's column
+    root_pos = torch.as_tensor(start, device=dev).expand(b) + last  # [B] the root's slot and RoPE position
     cap = 1 + k + (shape.depth - 1) * k * k
     tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
-    tokens[:, 0] = pending[:, -1]
+    tokens[:, 0] = pending.gather(1, last[:, None])[:, 0]
     parents = torch.full((b, cap), -1, dtype=torch.long, device=dev)
     depth = torch.zeros(cap, dtype=torch.long, device=dev)  # the same in every row: each depth is one block of ids
     score = torch.zeros(b, cap, device=dev)  # log path probability
@@ -106,15 +109,18 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
     expanded = torch.zeros(b, 0, dtype=torch.long, device=dev)  # non-root expanded nodes, in draft-slot order
 
     # the roots' distributions [B, 1, V]; a backlog after target-only steps runs eagerly (no new compiled length)
-    logits = (draft.step(pending) if n_pend <= 2 else draft(ids=pending))[:, -1:]
+    logits = draft.step(pending) if n_pend <= 2 else draft(ids=pending)
+    logits = logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1]))
+    if n_pending is not None:
+        draft.rollback(root_pos + 1)
     frontier, n, grown = torch.zeros(b, 1, dtype=torch.long, device=dev), 1, 0
     for d in range(1, shape.depth + 1):
         q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()
         if q_rows is not None:
             q_rows.append((frontier, q.exp()))
-        if shape.confidence and d > 1 and float(q.max().exp()) < shape.confidence:
-            break  # one host read per depth, only with a confidence stop
-        key = q if s.greedy else q - torch.empty_like(q).exponential_(generator=gen).log()  # + Gumbel noise
+        if shape.confidence and d > 1 and float(q.amax(-1).max().exp()) < shape.confidence:
+            break  # once every row is unsure; one host read per depth, only with a confidence stop
+        key = q if s.greedy else q - draws(torch.empty_like(q), gen).log()  # + Gumbel noise
         child = key.topk(k, dim=-1).indices  # [B, F, k] in sibling order
         ids = torch.arange(n, n + child[0].numel(), device=dev)
         par = frontier.repeat_interleave(k, dim=1)
@@ -202,7 +208,7 @@ def sibling_residual(r: Tensor, q: Tensor) -> Tensor:
     return torch.where(total > 0, rest / total.clamp_min(1e-30), r)
 
 
-def sample_accept(tree: Tree, p: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def sample_accept(tree: Tree, p: Tensor, gen: Generators) -> tuple[Tensor, Tensor, Tensor]:
     """Recursive rejection sampling over siblings; ``p`` [B, N+1, V] the target's processed distributions.
 
     At each node the children are tried in the order drawn: child i, drawn from q_i (the draft's q without the
@@ -223,7 +229,7 @@ def sample_accept(tree: Tree, p: Tensor, gen: torch.Generator) -> tuple[Tensor, 
         a.scatter_(1, torch.where(has, c, n1), torch.where(has, ratio, 0.0))
         r = torch.where(has[..., None], sibling_residual(r, qi), r)
         q_left = torch.where(has[..., None], q_left.scatter(-1, tok, 0.0), q_left)
-    accepted = torch.rand(b, n1, generator=gen, device=p.device) < a[:, :n1]
+    accepted = draws(torch.empty(b, n1, device=p.device), gen, "uniform_") < a[:, :n1]
     first = torch.zeros(b, n1 + 1, dtype=torch.bool, device=p.device)  # accepted, and no earlier sibling was
     taken = torch.zeros(b, n1, dtype=torch.bool, device=p.device)
     for i in range(k):
