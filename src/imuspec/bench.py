@@ -9,7 +9,7 @@ import torch
 
 from .model import Decoder
 from .sampling import Sampling
-from .speculative import Generation, GenerationConfig, generate
+from .speculative import Generation, GenerationConfig, generate, prefill
 from .synthetic import agreement, calibrate, controlled_pair, n_params, parse_shape
 
 
@@ -59,6 +59,19 @@ def hf_generate(hf, prompt: torch.Tensor, n: int, assistant=None, gamma: int = 0
         out = hf.generate(prompt[None], **kw)
     _sync(prompt.device)
     return out[0, len(prompt):].tolist(), time.perf_counter() - t
+
+
+def divergence(target: Decoder, prompt: torch.Tensor, a: list[int], b: list[int]) -> tuple[int, float] | None:
+    """Where two continuations of ``prompt`` first differ, and the target's top-2 logit margin there (decoded alone,
+    fp32): a batch's other reduction order may flip a token only where that margin is within rounding."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if a == b:
+        return None
+    seen = torch.tensor(a[:i], dtype=torch.long, device=prompt.device)
+    seq = torch.cat([prompt, target.embed(seen).to(prompt.dtype) if prompt.is_floating_point() else seen])
+    with torch.inference_mode():
+        top = prefill(target, [seq])[0].topk(2).values
+    return i, float(top[0] - top[1])
 
 
 def bench_engine(

@@ -190,7 +190,7 @@ def _check(model: Decoder, prompts: Sequence[Tensor], cfgs: list[GenerationConfi
             )
 
 
-def _prefill(model: Decoder, prompts: Sequence[Tensor]) -> Tensor:
+def prefill(model: Decoder, prompts: Sequence[Tensor]) -> Tensor:
     """Last-position logits [B, V] of prompts of different lengths (ids or embeddings) in one forward. They are
     right-padded: a row never attends to the pads after it, and its length is then set back to its prompt's, so
     the pads lie beyond it (the cache itself is never padded)."""
@@ -267,9 +267,9 @@ def generate_batch(
 
     with torch.inference_mode():
         with clock("prefill"):
-            last = pick(_prefill(target, target_prompts))  # [B] the newest tokens; the target has not seen them
+            last = pick(prefill(target, target_prompts))  # [B] the newest tokens; the target has not seen them
             if draft is not None:
-                _prefill(draft, draft_prompts)
+                prefill(draft, draft_prompts)
         rows = list(range(b))  # the row of each cache row still decoding
         t_len, d_len = target.length.clone(), draft.length.clone() if draft is not None else None
         pending, n_pend = last[:, None], torch.ones(b, dtype=torch.long, device=dev)  # what the draft has not seen
