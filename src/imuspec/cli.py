@@ -29,6 +29,16 @@ def _window(text: str) -> tuple[int, int]:
     return t0, t1
 
 
+def _count_or_auto(text: str) -> int | str:
+    """--gamma / --tree: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+
+
 def _paired_sample(a: argparse.Namespace):
     """The window of ``--paired FILE`` or of ``--imu FILE`` with ``--events``/``--video``; None without --window."""
     from .paired import from_aedat4, from_files
@@ -72,11 +82,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sampling=Sampling(a.temperature, a.top_k, a.top_p),
         seed=a.seed,
         eos_token_ids=tuple(target.decoder.config.eos_ids),
+        tree=a.tree,
+        adapt=not a.no_adapt,
     )
     for side, role in ((target, "target"), (draft, "draft")):
         if side is None:
             continue
-        need = len(side.prompt) + cfg.max_new_tokens + (cfg.gamma if draft else 0)
+        need = len(side.prompt) + cfg.max_new_tokens + (cfg.draft_slots if draft else 0)
         limit = side.decoder.config.max_position_embeddings
         if need > limit:
             raise ValueError(
@@ -88,9 +100,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
             side.decoder.compile_steps()
     g = generate(target.decoder, target.prompt, cfg, draft and draft.decoder, draft and draft.prompt)
     text = target.tokenizer.decode(g.tokens)
+    if g.stats.fallback:
+        from .adapt import fallback_message
+
+        print(fallback_message(g.stats.fallback), file=sys.stderr)
     if a.json:
         s = g.stats.to_dict()
-        keys = ("steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
+        keys = ("steps", "accepted_per_step", "budget_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
         print(json.dumps({"text": text, "token_ids": g.tokens, "stats": {k: s[k] for k in keys}}))
     else:
         print(text)
@@ -105,7 +121,7 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     from .bench import bench_engine, format_table
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile)
+                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -143,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
     g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    g.add_argument("--gamma", type=_count_or_auto, default=4, help="draft tokens per target forward, or auto")
+    g.add_argument("--tree", type=_count_or_auto, help="verify a token tree of N draft nodes per target forward "
+                   "(EAGLE-2), or auto: chains or trees sized to the measured costs")
+    g.add_argument("--no-adapt", action="store_true", help="keep --gamma / --tree fixed: no target-only fallback "
+                   "when drafting does not pay (for benchmarks)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -158,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
     e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
     e.add_argument("--gamma", type=int, default=4)
+    e.add_argument("--tree", type=_count_or_auto, help="a token tree of N draft nodes per step (or auto) instead of a chain")
     e.add_argument("--prompt-len", type=int, default=64)
     e.add_argument("--new-tokens", type=int, default=128)
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
