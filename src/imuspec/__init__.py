@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError, load_decoder
 from .model import Decoder, LlamaConfig
 from .sampling import Sampling
-from .speculative import Generation, GenerationConfig, generate
+from .speculative import Generation, GenerationConfig, generate, generate_batch
 from .templates import Template, Tokenizer, get_template
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Template",
     "Tokenizer",
     "generate",
+    "generate_batch",
     "get_template",
     "load_decoder",
 ]

@@ -121,7 +121,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     from .bench import bench_engine, format_table
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree)
+                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree,
+                     batch=a.batch)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -182,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-len", type=int, default=64)
     e.add_argument("--new-tokens", type=int, default=128)
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
+    e.add_argument("--batch", type=int, default=1, help="rows decoded at once (prompts of different lengths), "
+                   "against transformers' batched generate")
     _run_options(e)
     e.set_defaults(func=cmd_bench_engine)
 
