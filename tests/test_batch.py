@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_sampling import PROMPT as SHORT
 from test_sampling import V, model, p_value, target_conditionals
-from test_speculative import partly_agreeing
+from test_speculative import partly_agreeing, tiny
 
 import imuspec.speculative
 from imuspec import GenerationConfig, Sampling, generate
@@ -125,3 +125,22 @@ def test_rows_follow_the_target_distribution(shape, wrong):
     np.add.at(obs23, (out[:, 1], out[:, 2]), 1)
     pv = [p_value(obs12, joint12), p_value(obs23, joint23)]
     assert (max(pv) < 1e-6) if wrong else (min(pv) > 0.001), pv
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMUSPEC_CACHE", str(tmp_path))
+
+
+@pytest.mark.parametrize("setting", [dict(gamma="auto", tree="auto"), dict(gamma=6, confidence=0.9)],
+                         ids=["adaptive", "confidence"])
+def test_shapes_chosen_for_the_whole_batch_keep_each_row_lossless(setting, cache_folder):
+    """Adaptive sizing (here mostly target-only steps, so the draft's backlog differs per row) and confidence stops
+    decide for the whole batch: each row still equals the target alone (greedy)."""
+    target, draft = partly_agreeing() if "confidence" in setting else (tiny(0, cache=128), tiny(1, cache=128))
+    tp, dp = rows(4, seed=3)
+    cfgs = [GenerationConfig(max_new_tokens=30 + 7 * i, seed=i, **setting) for i in range(4)]
+    got = generate_batch(target, tp, cfgs, draft, dp)
+    assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
+    if "tree" in setting:
+        assert got[0].stats.fallback is not None and 0 in got[0].stats.budget_per_step

@@ -82,12 +82,13 @@ def hf_generate_batch(hf, prompts: list[torch.Tensor], n: int, eos: tuple[int, .
 
 
 def bench_batch(target: Decoder, draft: Decoder, target_prompts: list[torch.Tensor], draft_prompts: list[torch.Tensor],
-                cfg: GenerationConfig, batch: int, hf=None) -> dict:
+                cfg: GenerationConfig, batch: int, hf=None, alone: list[list[int]] | None = None) -> dict:
     """All rows in batches of ``batch``: total tokens/s and per-row latency (mean and max of the time until each
     row finished, its batch's start counted from 0), speculative and the target alone, and transformers' batched
     ``generate`` when ``hf`` (the target as a LlamaForCausalLM) is given. Rows are checked against the target
-    decoding each alone: a row that differs is counted, with the target's top-2 logit margin where it first differs."""
-    alone = [generate(target, p, cfg).tokens for p in target_prompts]
+    decoding each alone (``alone``, computed here unless given): a row that differs is counted, with the target's
+    top-2 logit margin where it first differs."""
+    alone = alone or [generate(target, p, cfg).tokens for p in target_prompts]
     r = {"batch": batch, "rows": len(target_prompts)}
     chunks = [slice(i, i + batch) for i in range(0, len(target_prompts), batch)]
     for mode in ("spec", "target") + (("hf",) if hf is not None else ()):

@@ -13,6 +13,10 @@ the loop reads back one small tensor per step (the accepted path and next token)
 (:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop of a chain. With
 ``adapt`` the shape of each step is chosen from measured costs and acceptance (:mod:`imuspec.adapt`), down to
 target-only steps when drafting cannot pay; the output is the same whatever the shape.
+
+Batches (:func:`generate_batch`; :func:`generate` is its batch of one) run the same loop on B rows: every row keeps
+its own cache lengths, pending tokens and generator, the caches are never padded, and a finished row leaves the
+batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more.
 """
 
 from __future__ import annotations
@@ -232,11 +236,14 @@ def generate_batch(
     ``cfg`` is one config for every row, or one per row differing only in :data:`ROW_FIELDS`. Each step every
     unfinished row drafts, one target forward verifies all rows, and each row keeps its own accepted prefix (its
     own cache lengths); a finished row leaves both caches' batches. Each row draws from its own generator, seeded
-    with its config's seed, so with a fixed shape (not ``adapt``) it gets exactly the tokens it would get decoded
-    alone; in fp32 a batch's other reduction order can only flip near-tied target logits. The caches are set up
-    for B rows here and given back with the batch they had.
+    with its config's seed, so with a fixed shape (not ``adapt``, no ``confidence`` stop: those decide for the
+    whole batch) it gets exactly the tokens it would get decoded alone; in fp32 a batch's other reduction order can
+    only flip near-tied target logits (:func:`imuspec.bench.divergence` finds them). The caches are set up for B
+    rows here and given back with the batch they had.
     """
     b = len(target_prompts)
+    if b == 0:
+        return []
     cfgs = _row_configs(cfg, b)
     slots = cfgs[0].draft_slots if draft is not None else 0
     _check(target, target_prompts, cfgs, slots, "target")
