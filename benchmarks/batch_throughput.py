@@ -11,6 +11,7 @@ alone is counted with the target's top-2 logit margin where it first differs.
 
 import argparse
 import json
+import os
 import platform
 import statistics
 from datetime import date
@@ -69,7 +70,8 @@ def main() -> None:
               + f"  spec/target {r['spec_over_target']:.2f}x  spec/hf {r['spec_over_hf']:.2f}x", flush=True)
 
     out = {"date": str(date.today()), "machine": platform.processor() or platform.machine(), "threads": 1,
-           "torch": torch.__version__, "rows": a.rows, "first_seed": 1_000_000, "max_new_tokens": a.max_new_tokens,
+           "torch": torch.__version__, "load_average": os.getloadavg(), "rows": a.rows, "first_seed": 1_000_000,
+           "max_new_tokens": a.max_new_tokens,
            "gamma": a.gamma, "target_prompt_lens": sorted({len(t) for t in tps}),
            "draft_prompt_lens": sorted({len(d) for d in dps}), "tokens": sum(map(len, alone)), "results": results}
     Path(a.out).write_text(json.dumps(out, indent=1))
