@@ -92,7 +92,7 @@ def bench_batch(target: Decoder, draft: Decoder, target_prompts: list[torch.Tens
     r = {"batch": batch, "rows": len(target_prompts)}
     chunks = [slice(i, i + batch) for i in range(0, len(target_prompts), batch)]
     for mode in ("spec", "target") + (("hf",) if hf is not None else ()):
-        tokens, latency, wall = [], [], 0.0
+        tokens, latency, wall, prefill_s = [], [], 0.0, 0.0
         for c in chunks:
             if mode == "hf":
                 rows, s = hf_generate_batch(hf, target_prompts[c], cfg.max_new_tokens, cfg.eos_token_ids)
@@ -103,8 +103,12 @@ def bench_batch(target: Decoder, draft: Decoder, target_prompts: list[torch.Tens
             wall += time.perf_counter() - start
             tokens += [g.tokens for g in gens]
             latency += [g.stats.wall_s for g in gens]
+            prefill_s += gens[0].stats.prefill_s
         differ = [(i, divergence(target, p, a, t)) for i, (p, a, t) in enumerate(zip(target_prompts, alone, tokens)) if a != t]
-        r[mode] = {"tokens_per_s": sum(map(len, tokens)) / wall, "wall_s": wall, "tokens": sum(map(len, tokens)),
+        n = sum(map(len, tokens))
+        r[mode] = {"tokens_per_s": n / wall, "wall_s": wall, "tokens": n,
+                   # ours only: the tokens after the first (which the prefill gives) over the time after the prefills
+                   "decode_tokens_per_s": (n - len(tokens)) / (wall - prefill_s) if mode != "hf" else None,
                    "latency_mean_s": sum(latency) / len(latency), "latency_max_s": max(latency),
                    "rows_differing_from_alone": len(differ),
                    "first_difference": [{"row": i, "position": d[0], "top2_margin": d[1]} for i, d in differ]}
