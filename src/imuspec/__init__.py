@@ -5,6 +5,7 @@ from .model import Decoder, LlamaConfig
 from .sampling import Sampling
 from .speculative import Generation, GenerationConfig, generate
 from .templates import Template, Tokenizer, get_template
+from .tree import TreeShape
 
 __all__ = [
     "CheckpointError",
@@ -15,6 +16,7 @@ __all__ = [
     "Sampling",
     "Template",
     "Tokenizer",
+    "TreeShape",
     "generate",
     "get_template",
     "load_decoder",
