@@ -122,13 +122,7 @@ def test_greedy_accept_takes_the_longest_agreeing_path():
     assert int(n) == 2 and int(nxt) == 9 and path[0].tolist() == [0, 1, 4]
 
 
-@pytest.fixture
-def cache_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("IMUSPEC_CACHE", str(tmp_path))
-    return tmp_path
-
-
-def test_adaptive_with_a_random_draft_falls_back_to_the_target_alone(cache_folder):
+def test_adaptive_with_a_random_draft_falls_back_to_the_target_alone(verify_cost_folder):
     target, draft = tiny(0, cache=128), tiny(1, cache=128)
     cfg = GenerationConfig(max_new_tokens=60, gamma="auto", tree="auto")
     spec = generate(target, PROMPT, cfg, draft, PROMPT)
@@ -137,10 +131,10 @@ def test_adaptive_with_a_random_draft_falls_back_to_the_target_alone(cache_folde
     assert s.fallback is not None and s.fallback["alpha"] < 0.3
     assert s.budget_per_step.count(0) > 0.6 * s.steps  # mostly target-only steps, with probes now and then
     assert 0 < sum(b > 0 for b in s.budget_per_step[5:]) < s.steps // 4
-    assert list(cache_folder.glob("verify_cost/*.json"))  # v(T) measured once and kept
+    assert list(verify_cost_folder.glob("verify_cost/*.json"))  # v(T) measured once and kept
 
 
-def test_adaptive_with_a_good_cheap_draft_keeps_drafting(cache_folder):
+def test_adaptive_with_a_good_cheap_draft_keeps_drafting():
     big = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=8, num_attention_heads=4)
     small = LlamaConfig(vocab_size=96, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     target, draft = controlled_pair(big, small, eps=0.005, seed=0)
