@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .adapt import FixedPlan, Planner
 from .model import Decoder
 from .sampling import Sampling, probs, sample
 from .tree import TreeShape, greedy_accept, grow, sample_accept, verify_logits
@@ -200,11 +201,8 @@ def generate(
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gen))
     clock, stats, wall = _Clock(dev), Stats(), time.perf_counter()
-    planner = None
-    if draft is not None:
-        from .adapt import FixedPlan, Planner  # noqa: PLC0415 (adapt measures the target; only needed with a draft)
-
-        planner = Planner(target, cfg.shapes()) if cfg.adaptive else FixedPlan(cfg.shapes()[0])
+    planner = None if draft is None else Planner(target, cfg.shapes()) if cfg.adaptive else FixedPlan(cfg.shapes()[0])
+    timed_draft = cfg.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
 
     with torch.inference_mode():
         target.rollback(0)
@@ -228,6 +226,8 @@ def generate(
             else:
                 with clock("draft"):
                     tree = grow(draft, pending[None], d_len, shape, s, gen)
+                    if timed_draft:
+                        torch.cuda.synchronize()
                 t_draft = time.perf_counter() - t0
                 with clock("target"):
                     logits = verify_logits(target, tree, t_len)
