@@ -18,6 +18,7 @@ _HOMES = {
     "Template": "templates",
     "Tokenizer": "templates",
     "get_template": "templates",
+    "TreeShape": "tree",
 }
 __all__ = sorted(_HOMES)
 
