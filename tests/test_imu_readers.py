@@ -224,7 +224,7 @@ def test_aedat4_fixture_imu_stream():
 
 def test_aedat4_bad_input(tmp_path):
     (tmp_path / "bad.aedat4").write_bytes(b"#!AER-DAT4.0\r\nnot really")
-    with pytest.raises(ValueError, match="bad.aedat4: not a readable AEDAT 4 file"):
+    with pytest.raises(IMUError, match="bad.aedat4: truncated inside the AEDAT 4 header"):
         read_aedat4(tmp_path / "bad.aedat4")
 
 

@@ -5,7 +5,8 @@ Formats (``FORMATS``):
 - ``npy``: EventGPT's ``.npy`` (a pickled dict ``{x, y, t, p}``, read through a restricted unpickler that builds only
   numpy arrays, dtypes and plain containers — never arbitrary objects) or a ``.npy`` holding a NumPy structured array
   with fields ``x, y, t, p`` (read with ``allow_pickle=False``).
-- ``aedat4``: iniVation AEDAT 4 through the ``aedat`` package; :func:`read_aedat4` also returns IMU samples and frames.
+- ``aedat4``: iniVation AEDAT 4 through the ``aedat`` package (the container walked by :mod:`.aedat4`, so a cut file
+  yields its whole packets); :func:`read_aedat4` also returns IMU samples and frames.
 - ``txt``: one event per line, ``t x y p`` with ``t`` in seconds (the Event Camera Dataset); an optional first line
   ``width height``.  ``txt-xytp``: ``x y t p`` with ``t`` in integer microseconds.
 - ``h5``: the DSEC layout, ``events/{x,y,t,p}`` (``t`` in µs after ``t_offset``) and ``ms_to_idx`` for windows.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import aedat4
 from .stream import EventError, EventStream
 
 FORMATS = {
@@ -141,30 +143,16 @@ class Aedat4Recording:
 
 
 def read_aedat4(path: str | Path, sensor_size=None) -> Aedat4Recording:
-    import aedat
-
+    """Every whole packet of the file; a cut or partly corrupt file warns with what was read and what was lost."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    try:
-        decoder = aedat.Decoder(str(path))
-        streams = decoder.id_to_stream()
-        events, imus, frames = [], [], []
-        for packet in decoder:
-            if "events" in packet:
-                events.append(packet["events"])
-            elif "imus" in packet:
-                imus.append(packet["imus"])
-            elif "frame" in packet:
-                frames.append((int(packet["frame"]["t"]), packet["frame"]["pixels"]))
-    except (OSError, RuntimeError) as e:
-        raise EventError(f"{path}: not a readable AEDAT 4 file ({e})") from None
+    ev, imu, frames, streams = aedat4.read(path)
     sizes = [(s["width"], s["height"]) for s in streams.values() if s["type"] == "events"]
     if not sizes:
         raise EventError(f"{path}: no event stream, expected one of type 'events' (found {list(streams.values())})")
-    ev = np.concatenate(events) if events else np.zeros(0, dtype=[("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
     stream = _stream(path, ev["x"], ev["y"], ev["t"], ev["on"], sensor_size or sizes[0])
-    return Aedat4Recording(stream, np.concatenate(imus) if imus else None, frames or None)
+    return Aedat4Recording(stream, imu, frames)
 
 
 # --- text ------------------------------------------------------------------------------------------------------

@@ -255,8 +255,13 @@ def read_aedat4(path: str | Path) -> IMURecording:
     The file is decoded once, with its events, by :func:`imuspec.events.readers.read_aedat4`.
     """
     from ..events.readers import read_aedat4 as read_camera
+    from ..events.stream import EventError
 
-    return from_aedat4_imu(read_camera(path).imu, str(path))
+    try:
+        imu = read_camera(path).imu
+    except EventError as e:
+        raise IMUError(str(e)) from None
+    return from_aedat4_imu(imu, str(path))
 
 
 def from_aedat4_imu(x: np.ndarray | None, source: str) -> IMURecording:
