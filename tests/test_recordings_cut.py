@@ -79,3 +79,53 @@ def test_aedat4_whole_file_no_warning_and_imu_reader_error_type(tmp_path):
     data = fixture_path(*AEDAT4).read_bytes()
     with pytest.warns(RecordingWarning, match="truncated"):
         assert 200 < read_aedat4_imu(_cut(tmp_path, data[:len(data) // 2], "half")).n_samples < 475
+
+
+# --- item 9: implausible sensor sizes ---------------------------------------------------------------------------
+
+def test_eventgpt_npy_with_an_implausible_coordinate_warns_and_keeps_the_size(tmp_path):
+    from imuspec.events.readers import write_npy
+
+    s = read_events(fixture_path("eventgpt", "sample1.npy"))
+    x = s.x.astype(np.uint16).copy()
+    x[1234] = 10_000
+    from imuspec.events import EventStream
+
+    write_npy(EventStream(x, s.y, s.t, s.p, 10_001, s.height), tmp_path / "far.npy")
+    with pytest.warns(RecordingWarning, match=r"far\.npy: field 'x': x\[1234\] = 10000 makes the inferred sensor "
+                                              r"width 10001, beyond any event camera's \(> 4096\)"):
+        got = read_events(tmp_path / "far.npy")
+    assert (got.width, got.height) == (10_001, 480)  # kept, as EventGPT renders it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_events(fixture_path("eventgpt", "sample1.npy")).width == 640
+
+
+# --- item 10: errors name the file's own column and row ---------------------------------------------------------
+
+def _imu_csv(path, header, t, n=40):
+    rows = [header] + [f"{t[i]},0.1,9.8,0.2,0.01,0.02,0.03" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_time_going_back_names_the_column_and_row(tmp_path):
+    from imuspec.imu import read_imu
+    from imuspec.imu.readers import read_csv
+    from imuspec.imu.recording import IMUError
+
+    t = np.arange(40) * 5.0 + 1000.0
+    t[17] = t[15]
+    p = _imu_csv(tmp_path / "back.csv", "canonical_timestamp_ms,accl_x,accl_y,accl_z,gyro_x,gyro_y,gyro_z", t)
+    with pytest.raises(IMUError, match=r"back\.csv: column 'canonical_timestamp_ms', row 19: time goes back") as e:
+        read_imu(p)
+    assert "field 't'" not in str(e.value) and "\n" not in str(e.value)
+    names = {"t": "time", "accel_x": "ax", "accel_y": "ay", "accel_z": "az", "gyro_x": "wx", "gyro_y": "wy",
+             "gyro_z": "wz"}
+    t = np.arange(40) * 5.0
+    p = _imu_csv(tmp_path / "gap.csv", "time,ax,ay,az,wx,wy,wz", np.r_[t[:30], t[30:] + 500])
+    with pytest.raises(IMUError, match=r"gap\.csv: column 'time', row 32: gap of 0\.505 s"):
+        read_csv(p, names)
+    p.write_text(p.read_text().replace("\n145.0,0.1,9.8", "\n145.0,0.1,inf"))
+    with pytest.raises(IMUError, match=r"gap\.csv: column 'ay', row 31: 1 non-finite"):
+        read_csv(p, names)

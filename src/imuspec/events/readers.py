@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import aedat4
-from .stream import EventError, EventStream
+from .stream import EventError, EventStream, RecordingWarning
 
 FORMATS = {
     "npy": "EventGPT pickled dict {x, y, t, p} or a structured array with fields x, y, t, p (.npy)",
@@ -37,10 +38,21 @@ FORMATS = {
 _SUFFIX = {".npy": "npy", ".aedat4": "aedat4", ".txt": "txt", ".h5": "h5", ".hdf5": "h5"}
 
 
+MAX_SENSOR = 4096  # pixels on a side; no event camera comes near (the largest are 1280x720)
+
+
 def _stream(path, x, y, t, p, sensor_size) -> EventStream:
     if len(t) == 0:
         raise EventError(f"{path}: the file holds no events, expected at least one")
     width, height = sensor_size if sensor_size else (int(np.max(x)) + 1, int(np.max(y)) + 1)
+    if not sensor_size:
+        for name, a, side in (("x", x, "width"), ("y", y, "height")):
+            if int(np.max(a)) >= MAX_SENSOR:
+                i = int(np.argmax(a))
+                warnings.warn(f"{path}: field {name!r}: {name}[{i}] = {a[i]} makes the inferred sensor {side} "
+                              f"{int(a[i]) + 1}, beyond any event camera's (> {MAX_SENSOR}); kept, as EventGPT does "
+                              "(the scene is rendered small in the frame) — pass sensor_size to crop",
+                              RecordingWarning, stacklevel=3)
     return EventStream(np.asarray(x), np.asarray(y), np.asarray(t).astype(np.int64), np.asarray(p), width, height,
                        str(path))
 

@@ -18,6 +18,7 @@ Files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from pathlib import Path
@@ -61,6 +62,9 @@ def from_array(
     return IMURecording(t, data[:, :3], data[:, 3:6], accel_unit, gyro_unit, rate_hz, source, format, mag=mag, **kw)
 
 
+CSV_CHUNK_ROWS = 1 << 16  # rows parsed at a time: memory holds one chunk of text, not the file
+
+
 def read_csv(
     path: str | Path,
     columns: dict[str, str],
@@ -69,9 +73,15 @@ def read_csv(
     gyro_unit: str = "rad/s",
     rate_hz: float | None = None,
     format: str = "csv",
+    window_s: tuple[float, float] | None = None,
     **kw,
 ) -> IMURecording:
-    """A CSV with a header; ``columns`` maps t, accel_{x,y,z}, gyro_{x,y,z} (and optionally mag_*) to its names."""
+    """A CSV with a header; ``columns`` maps t, accel_{x,y,z}, gyro_{x,y,z} (and optionally mag_*) to its names.
+
+    Read in chunks of rows: memory grows with the rows kept, not with the file, and with ``window_s=(t0, t1)``
+    (seconds on the file's clock) only rows with ``t0 <= t < t1`` are kept and reading stops at the first row past
+    ``t1``. Errors name the file's own column and row.
+    """
     path = Path(path)
     need = ["t"] + [f"{s}_{a}" for s in ("accel", "gyro") for a in "xyz"]
     missing_keys = [k for k in need if k not in columns]
@@ -79,32 +89,84 @@ def read_csv(
         raise IMUError(f"column map for {path}: no entry for {missing_keys}; expected keys {need} (+ optional mag_*)")
     if time_unit not in _TIME_SCALE:
         raise IMUError(f"{path}: time unit {time_unit!r} is unknown; expected one of {list(_TIME_SCALE)}")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise IMUError(f"{path}: empty file; expected a header row naming the columns")
-    header = [h.strip() for h in rows[0]]
     keys = need + [f"mag_{a}" for a in "xyz" if f"mag_{a}" in columns]
-    absent = [columns[k] for k in keys if columns[k] not in header]
-    if absent:
-        raise IMUError(f"{path}: missing columns {absent}; the header has {header}")
-    idx = [header.index(columns[k]) for k in keys]
-    values = np.empty((len(rows) - 1, len(keys)))
-    for r, row in enumerate(rows[1:]):
-        for j, (k, i) in enumerate(zip(keys, idx)):
+    scale = _TIME_SCALE[time_unit]
+    parts, rows, first_row = [], 2, None  # rows: the file's row number (1 = the header) of the next line
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader([f.readline()]), None)
+        if not header:
+            raise IMUError(f"{path}: empty file; expected a header row naming the columns")
+        header = [h.strip() for h in header]
+        absent = [columns[k] for k in keys if columns[k] not in header]
+        if absent:
+            raise IMUError(f"{path}: missing columns {absent}; the header has {header}")
+        idx = [header.index(columns[k]) for k in keys]
+        while lines := list(itertools.islice(f, CSV_CHUNK_ROWS)):
+            values = _parse_rows(lines, idx, [columns[k] for k in keys], path, rows)
+            at = rows
+            rows += len(lines)
+            if window_s is not None:
+                t = values[:, 0] * scale
+                keep = (t >= window_s[0]) & (t < window_s[1])
+                if keep.any():
+                    first_row = first_row or at + int(np.argmax(keep))
+                    values = values[keep]
+                    parts.append(values)
+                if t[-1] >= window_s[1]:
+                    break
+            else:
+                parts.append(values)
+    values = np.concatenate(parts) if parts else np.zeros((0, len(keys)))
+    del parts
+    if window_s is not None and len(values) == 0:
+        raise IMUError(f"{path}: column '{columns['t']}' has no row in the window [{window_s[0]}, {window_s[1]}) s")
+    t = values[:, 0] * scale
+    rate = rate_hz or _rate_from(t)
+    try:
+        return from_array(values[:, 1:], rate, accel_unit, gyro_unit, t=t, source=str(path), format=format, **kw)
+    except IMUError as e:
+        raise _in_columns(e, path, columns, first_row or 2) from None
+
+
+def _parse_rows(lines: list[str], idx: list[int], names: list[str], path: Path, row0: int) -> np.ndarray:
+    """The numbers of ``lines`` (file rows from ``row0``) in columns ``idx``; NumPy's parser first, and where it
+    refuses, row by row to say which row and column."""
+    try:
+        values = np.loadtxt(lines, delimiter=",", usecols=idx, ndmin=2, dtype=np.float64, quotechar='"',
+                            comments=None)
+        if len(values) == len(lines):  # NumPy skips blank lines: then count them as the bad rows they are
+            return values
+    except ValueError:
+        pass
+    values = np.empty((len(lines), len(idx)))
+    for r, row in enumerate(csv.reader(lines)):
+        for j, (name, i) in enumerate(zip(names, idx)):
             try:
                 values[r, j] = float(row[i])
             except (ValueError, IndexError):
                 cell = row[i] if i < len(row) else "<missing>"
-                raise IMUError(f"{path}: row {r + 2}, column '{columns[k]}': {cell!r} is not a number") from None
-    t = values[:, 0] * _TIME_SCALE[time_unit]
-    rate = rate_hz or _rate_from(t)
-    return from_array(values[:, 1:], rate, accel_unit, gyro_unit, t=t, source=str(path), format=format, **kw)
+                raise IMUError(f"{path}: row {row0 + r}, column '{name}': {cell!r} is not a number") from None
+    return values
 
 
-def read_ego4d_csv(path: str | Path) -> IMURecording:
-    """Ego4D IMU CSV: milliseconds, accelerometer m/s^2, gyroscope rad/s."""
-    return read_csv(path, EGO4D_COLUMNS, "ms", "m/s^2", "rad/s", format="ego4d_csv")
+def _in_columns(e: IMUError, path: Path, columns: dict[str, str], row0: int) -> IMUError:
+    """A recording's error (field 't', sample i) said as the CSV spells it (column 'canonical_timestamp_ms', row r)."""
+    if e.field not in ("t", "accel", "gyro", "mag"):
+        return e
+    if e.field == "t":
+        name = f"column '{columns['t']}'"
+    else:
+        axes = "xyz" if e.axis is None else "xyz"[e.axis]
+        name = ("column" + ("s " if len(axes) > 1 else " ")
+                + ", ".join(f"'{columns[f'{e.field}_{a}']}'" for a in axes))
+    row = f", row {row0 + e.sample}" if e.sample is not None else ""
+    return IMUError(f"{path}: {name}{row}: {e.problem}; expected {e.expected}", e.field, e.sample, e.axis, e.problem,
+                    e.expected)
+
+
+def read_ego4d_csv(path: str | Path, window_s: tuple[float, float] | None = None) -> IMURecording:
+    """Ego4D IMU CSV: milliseconds, accelerometer m/s^2, gyroscope rad/s (``window_s``: see :func:`read_csv`)."""
+    return read_csv(path, EGO4D_COLUMNS, "ms", "m/s^2", "rad/s", format="ego4d_csv", window_s=window_s)
 
 
 def read_npy(path: str | Path, rate_hz: float = 20.0, accel_unit: str = "m/s^2", gyro_unit: str = "rad/s") -> IMURecording:
