@@ -234,21 +234,61 @@ def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | Non
     return _stream(path, x, y, t.astype(np.int64) + offset, p, sensor_size)
 
 
+class H5EventWriter:
+    """Events appended in time order, chunk by chunk, to a DSEC-layout file: memory holds one chunk, not the stream.
+
+    ``t`` is stored after ``t_offset`` (the first event's time) as int64 µs; ``ms_to_idx[k]`` (the first event at or
+    after k ms) is filled as chunks arrive, each entry once the chunk holding it is known."""
+
+    def __init__(self, path: str | Path):
+        import h5py
+
+        self.path, self.f = Path(path), h5py.File(path, "w")
+        g = self.f.create_group("events")
+        self.ds = {k: g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=(1 << 16,), compression="gzip",
+                                       compression_opts=1)
+                   for k, dt in (("x", np.uint16), ("y", np.uint16), ("t", np.int64), ("p", np.uint8))}
+        self.n, self.n_on, self.offset, self.t_last, self.ms_to_idx = 0, 0, None, None, []
+
+    def append(self, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
+        if len(t) == 0:
+            return
+        t = np.asarray(t, dtype=np.int64)
+        if self.offset is None:
+            self.offset = int(t[0])
+        if (self.t_last is not None and t[0] < self.t_last) or (np.diff(t) < 0).any():
+            raise EventError(f"{self.path}: events appended out of time order; expected non-decreasing 't'")
+        rel = t - self.offset
+        k = np.arange(len(self.ms_to_idx), rel[-1] // 1000 + 1) * 1000  # the ms marks this chunk reaches
+        self.ms_to_idx.extend((self.n + np.searchsorted(rel, k, side="left")).tolist())
+        for name, a in (("x", x), ("y", y), ("t", rel), ("p", p)):
+            d = self.ds[name]
+            d.resize((self.n + len(t),))
+            d[self.n:] = a
+        self.n, self.n_on, self.t_last = self.n + len(t), self.n_on + int(np.count_nonzero(p)), int(t[-1])
+
+    def close(self, width: int, height: int) -> None:
+        """Finish the index and the attributes; a file without events is refused (and removed)."""
+        if self.n == 0:
+            self.abort()
+            raise EventError(f"{self.path}: no events to write, expected at least one")
+        self.ms_to_idx.append(self.n)  # the mark after the last event, as DSEC's files end
+        self.f["events"].attrs["width"], self.f["events"].attrs["height"] = width, height
+        self.f.create_dataset("ms_to_idx", data=np.asarray(self.ms_to_idx, dtype=np.uint64))
+        self.f.create_dataset("t_offset", data=np.int64(self.offset))
+        self.f.close()
+
+    def abort(self) -> None:
+        """Close and remove the unfinished file."""
+        self.f.close()
+        self.path.unlink(missing_ok=True)
+
+
 def write_h5(stream: EventStream, path: str | Path) -> None:
     """Write ``stream`` in the DSEC layout (with ``ms_to_idx``, ``t_offset`` and the sensor size as attributes)."""
-    import h5py
-
-    offset = int(stream.t[0])
-    t = stream.t - offset
-    ms_to_idx = np.searchsorted(t, np.arange(0, t[-1] // 1000 + 2) * 1000, side="left").astype(np.uint64)
-    with h5py.File(path, "w") as f:
-        g = f.create_group("events")
-        for k, a in (("x", stream.x), ("y", stream.y), ("t", t.astype(np.uint32 if t[-1] < 2**32 else np.int64)),
-                     ("p", stream.p)):
-            g.create_dataset(k, data=a, compression="gzip", compression_opts=1)
-        g.attrs["width"], g.attrs["height"] = stream.width, stream.height
-        f.create_dataset("ms_to_idx", data=ms_to_idx)
-        f.create_dataset("t_offset", data=np.int64(offset))
+    w = H5EventWriter(path)
+    w.append(stream.x, stream.y, stream.t, stream.p)
+    w.close(stream.width, stream.height)
 
 
 def write_npy(stream: EventStream, path: str | Path) -> None:
