@@ -129,3 +129,32 @@ def test_csv_time_going_back_names_the_column_and_row(tmp_path):
     p.write_text(p.read_text().replace("\n145.0,0.1,9.8", "\n145.0,0.1,inf"))
     with pytest.raises(IMUError, match=r"gap\.csv: column 'ay', row 31: 1 non-finite"):
         read_csv(p, names)
+
+
+# --- item 8: a video cut short ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, up_to", [("sample_demo_1", r"4\.6\d\d s of 9\.720 s \(11\d of 243 frames; the file "
+                                                           r"ends early\)"),
+                                         ("sample_demo_9", r"2\.9\d\d s of 9\.134 s \(7\d of 219 frames; decoding "
+                                                           r"stopped: .*Invalid data")])
+def test_video_cut_at_half_warns_up_to_which_time(tmp_path, name, up_to):
+    from imuspec.video import read_video
+
+    data = fixture_path("videos", f"{name}.mp4").read_bytes()
+    cut = tmp_path / "half.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.warns(RecordingWarning, match=r"half\.mp4: the video could be decoded only up to " + up_to):
+        clip = read_video(cut, 8)  # on main the second one fails outright: "decoding failed after 71 frames"
+    assert len(clip.frames) == 8 and clip.times_s[-1] < 5.0
+
+
+def test_simulate_events_on_a_cut_video_warns(tmp_path, capsys):
+    from imuspec.cli import main
+
+    data = fixture_path("videos", "sample_demo_3.mp4").read_bytes()
+    cut = tmp_path / "half.mp4"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.warns(RecordingWarning, match=r"half\.mp4: the video could be decoded only up to 2\.29\d s of 6\.089 s"):
+        assert main(["simulate-events", str(cut), str(tmp_path / "half.h5")]) == 0
+    s = read_events(tmp_path / "half.h5")
+    assert 2.2e6 < s.duration_us < 2.3e6 and f"{len(s)} events" in capsys.readouterr().out
