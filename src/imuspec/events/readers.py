@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import npyfile
 from . import aedat4
 from .stream import EventError, EventStream, RecordingWarning
 
@@ -98,26 +99,30 @@ def safe_unpickle(data: bytes, source: str):
     before it is constructed, so a pickle that would run code runs nothing."""
     try:
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise EventError(f"{source}: refused to unpickle: {e}") from None
+    # a corrupt pickle fails in many ways (bad opcodes, memo keys, numpy's __setstate__): all of them a bad file
+    except Exception as e:  # noqa: BLE001
+        raise EventError(f"{source}: refused to unpickle: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def _read_npy(path: Path, sensor_size) -> EventStream:
     with open(path, "rb") as f:
+        size = path.stat().st_size
         try:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            _, _, dtype = reader(f)
+            _, _, dtype, _ = npyfile.read_header(f, size)
+            if dtype.hasobject:
+                obj = safe_unpickle(f.read(), str(path))
+                if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
+                    obj = obj.item()
+                if not isinstance(obj, dict):
+                    raise EventError(f"{path}: the pickle holds a {type(obj).__name__}, expected a dict with keys "
+                                     "x, y, t, p")
+                return from_mapping(obj, str(path), sensor_size)
+            f.seek(0)
+            arr = npyfile.load(f, size)
+        except EventError:
+            raise
         except ValueError as e:
-            raise EventError(f"{path}: not a .npy file ({e})") from None
-        if dtype.hasobject:
-            obj = safe_unpickle(f.read(), str(path))
-            if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
-                obj = obj.item()
-            if not isinstance(obj, dict):
-                raise EventError(f"{path}: the pickle holds a {type(obj).__name__}, expected a dict with keys x, y, t, p")
-            return from_mapping(obj, str(path), sensor_size)
-    arr = np.load(path, allow_pickle=False)
+            raise EventError(f"{path}: {e}") from None
     return from_structured(arr, str(path), sensor_size)
 
 
@@ -170,13 +175,13 @@ def read_aedat4(path: str | Path, sensor_size=None) -> Aedat4Recording:
 # --- text ------------------------------------------------------------------------------------------------------
 
 def _read_text(path: Path, columns: str, sensor_size) -> EventStream:
-    with open(path) as f:
-        first = f.readline().split()
-    skip = 0
-    if len(first) == 2:  # a 'width height' header line
-        skip, sensor_size = 1, sensor_size or (int(first[0]), int(first[1]))
     try:
-        data = np.loadtxt(path, dtype=np.float64, skiprows=skip, ndmin=2)
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().split()
+        skip = 0
+        if len(first) == 2:  # a 'width height' header line
+            skip, sensor_size = 1, sensor_size or (int(first[0]), int(first[1]))
+        data = np.loadtxt(path, dtype=np.float64, skiprows=skip, ndmin=2, encoding="utf-8")
     except ValueError as e:
         raise EventError(f"{path}: not a '{' '.join(columns)}' event text file ({e})") from None
     if data.size == 0:
@@ -202,9 +207,20 @@ def _read_text(path: Path, columns: str, sensor_size) -> EventStream:
 
 def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | None = None) -> EventStream:
     """DSEC ``events.h5``; with ``window_us=(t0, t1)`` only that window is read, located through ``ms_to_idx``."""
+    path = Path(path)
+    try:
+        return _read_h5(path, sensor_size, window_us)
+    except EventError:
+        raise
+    # libhdf5 reports a corrupt file as OSError, KeyError, RuntimeError, TypeError, ... depending on where it breaks
+    except Exception as e:  # noqa: BLE001
+        raise EventError(f"{path}: not a readable HDF5 event file ({' '.join(str(e).split()) or type(e).__name__})"
+                         ) from None
+
+
+def _read_h5(path: Path, sensor_size, window_us) -> EventStream:
     import h5py
 
-    path = Path(path)
     with h5py.File(path, "r") as f:
         if "events" not in f:
             raise EventError(f"{path}: group 'events' missing, expected events/x, events/y, events/t, events/p")
@@ -212,6 +228,10 @@ def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | Non
         missing = [k for k in "xytp" if k not in g]
         if missing:
             raise EventError(f"{path}: dataset(s) {['events/' + k for k in missing]} missing")
+        n = {len(g[k]) for k in "xytp"}
+        if len(n) != 1:
+            raise EventError(f"{path}: datasets events/x, y, t, p have lengths {[len(g[k]) for k in 'xytp']}, "
+                             "expected equal lengths")
         offset = int(f["t_offset"][()]) if "t_offset" in f else 0
         i, j = 0, len(g["t"])
         if window_us is not None:
@@ -228,6 +248,10 @@ def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | Non
             i, j = i + int(a), i + int(b)
             if i >= j:
                 raise EventError(f"{path}: no events in window [{t0}, {t1}) µs")
+        claimed = sum((j - i) * g[k].dtype.itemsize for k in "xytp")
+        if claimed > 2000 * path.stat().st_size:  # beyond any compression of event data: a corrupt header
+            raise EventError(f"{path}: the datasets claim {j - i} events ({claimed} bytes) in a file of "
+                             f"{path.stat().st_size} bytes; corrupt")
         x, y, t, p = (g[k][i:j] for k in "xytp")
         if sensor_size is None and "width" in g.attrs and "height" in g.attrs:
             sensor_size = (int(g.attrs["width"]), int(g.attrs["height"]))

@@ -21,10 +21,13 @@ import csv
 import itertools
 import json
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .. import npyfile
 from .recording import IMUError, IMURecording
 
 EGO4D_COLUMNS = {
@@ -56,6 +59,8 @@ def from_array(
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] not in (6, 9):
         raise IMUError(f"{source}: field 'data': shape {data.shape}; expected [N, 6] (accel xyz, gyro xyz) or [N, 9]")
+    if data.dtype.kind not in "iuf":
+        raise IMUError(f"{source}: field 'data': dtype {data.dtype}; expected real numbers (accel xyz, gyro xyz)")
     if t is None:
         t = np.arange(len(data)) / rate_hz
     mag = data[:, 6:9] if data.shape[1] == 9 else None
@@ -171,11 +176,20 @@ def read_ego4d_csv(path: str | Path, window_s: tuple[float, float] | None = None
 
 def read_npy(path: str | Path, rate_hz: float = 20.0, accel_unit: str = "m/s^2", gyro_unit: str = "rad/s") -> IMURecording:
     """A plain [N, 6] array file; LLaSA's windows are 120 samples at 20 Hz in m/s^2 and rad/s."""
+    path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            data = npyfile.load(f, path.stat().st_size)
     except ValueError as e:
         raise IMUError(f"{path}: not a plain numeric .npy array ({e})") from None
     return from_array(data, rate_hz, accel_unit, gyro_unit, source=str(path), format="npy")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IMUError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a text file") from None
 
 
 _QUESTION = re.compile(r"^\s*\d+[.)]\s+(?!\**\s*Answer)(.+)$")
@@ -220,7 +234,7 @@ def read_sensorcaps_jsonl(path: str | Path, rate_hz: float = 10.0) -> list[IMURe
     """
     path = Path(path)
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}, line {n}"
@@ -254,7 +268,7 @@ def read_basicmotions_ts(path: str | Path, rate_hz: float = 10.0) -> list[IMURec
     """
     path = Path(path)
     header, cases = {}, []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -289,26 +303,57 @@ def read_basicmotions_ts(path: str | Path, rate_hz: float = 10.0) -> list[IMURec
 def read_watch_npz(path: str | Path, rate_hz: float = 50.0) -> list[IMURecording]:
     """The seglearn smartwatch recordings: 50 Hz, accelerometer in g (with gravity), gyroscope in rad/s."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        need = ("samples", "offsets", "channel_names")
-        absent = [k for k in need if k not in z.files]
-        if absent:
-            raise IMUError(f"{path}: missing arrays {absent}; expected {list(need)} (+ label, label_names, subject, side)")
-        samples, offsets = z["samples"], z["offsets"]
-        names = [str(c) for c in z["channel_names"]]
-        labels = z["label_names"][z["label"]] if {"label", "label_names"} <= set(z.files) else None
-        extra = {k: z[k] for k in ("subject", "side") if k in z.files}
+    z = _npz_arrays(path)
+    need = ("samples", "offsets", "channel_names")
+    absent = [k for k in need if k not in z]
+    if absent:
+        raise IMUError(f"{path}: missing arrays {absent}; expected {list(need)} (+ label, label_names, subject, side)")
+    samples, offsets = z["samples"], z["offsets"]
+    names = [str(c) for c in np.ravel(z["channel_names"])]
     if names != ["ax", "ay", "az", "wx", "wy", "wz"]:
         raise IMUError(f"{path}: field 'channel_names' is {names}; expected ['ax', 'ay', 'az', 'wx', 'wy', 'wz']")
-    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(samples) or (np.diff(offsets) <= 0).any():
+    if (samples.ndim != 2 or offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 2
+            or offsets[0] != 0 or offsets[-1] != len(samples) or (np.diff(offsets) <= 0).any()):
         raise IMUError(f"{path}: field 'offsets' does not split 'samples' ({len(samples)} rows); expected increasing "
-                       "offsets from 0 to the number of rows")
+                       "integer offsets from 0 to the number of rows")
+    n = len(offsets) - 1
+    labels = None
+    if {"label", "label_names"} <= set(z):
+        label, label_names = z["label"], z["label_names"]
+        if label.shape != (n,) or label.dtype.kind not in "iu" or label_names.ndim != 1 or \
+                ((label < 0) | (label >= len(label_names))).any():
+            raise IMUError(f"{path}: field 'label': shape {label.shape}, dtype {label.dtype}; expected {n} integer "
+                           f"indices into 'label_names' ({len(label_names)} names)")
+        labels = label_names[label]
+    extra = {k: z[k] for k in ("subject", "side") if k in z}
+    for k, v in extra.items():
+        if v.shape != (n,):
+            raise IMUError(f"{path}: field {k!r}: shape {v.shape}; expected ({n},), one per recording")
     out = []
     for i in range(len(offsets) - 1):
         meta = {"label": str(labels[i]) if labels is not None else None} | {k: v[i].item() for k, v in extra.items()}
         out.append(from_array(samples[offsets[i]:offsets[i + 1]], rate_hz, "g", "rad/s", source=f"{path}[{i}]",
                               format="watch_npz", meta=meta))
     return out
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The plain arrays of an ``.npz`` (never unpickled); every member's header checked before it is allocated."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                if info.file_size > 1100 * info.compress_size + 4096:  # beyond deflate's ratio (~1032:1): a lie
+                    raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes from "
+                                     f"{info.compress_size}")
+                with zf.open(info) as m:
+                    out[info.filename[:-4]] = npyfile.load(m, info.file_size)
+            return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IMUError(f"{path}: not a readable .npz of plain arrays ({why})") from None
 
 
 def read_aedat4(path: str | Path) -> IMURecording:
