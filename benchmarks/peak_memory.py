@@ -2,8 +2,8 @@
 
 Each case runs in a fresh Python process that imports imuspec, resets its RSS high-water mark and reports the peak
 of the case (``VmHWM``) and its growth over the RSS after imports; ``import only`` is the floor. Inputs are generated
-once under /tmp, never in the repository: an Ego4D-layout CSV of ``--rows`` rows at 200 Hz, and a video of ``--video-s`` seconds made by looping
-the fixture ``sample_demo_1.mp4`` (640x360, 25 fps). The in-memory paths (a whole CSV; ``simulate-events`` to
+once under /tmp, never in the repository: an Ego4D-layout CSV of ``--rows`` rows at 200 Hz, and a video of
+``--video-s`` seconds made by looping the fixture ``sample_demo_1.mp4`` (640x360, 25 fps). The in-memory paths (a whole CSV; ``simulate-events`` to
 ``.npy``, which holds the stream as main did for every output) are measured beside the bounded ones.
 
 Usage: python benchmarks/peak_memory.py [--rows 10000000] [--video-s 36]

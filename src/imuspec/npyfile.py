@@ -18,6 +18,13 @@ def read_header(f: BinaryIO, nbytes: int) -> tuple[tuple[int, ...], bool, np.dty
     raises ValueError saying what is wrong (not .npy, bad header, header asks for more data than the file holds)."""
     try:
         version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy version {version[0]}.{version[1]}")
+        length = f.read(2 if version == (1, 0) else 4)
+        length = int.from_bytes(length, "little") if len(length) in (2, 4) else nbytes
+        if length > nbytes - f.tell():  # numpy would read (and allocate) what the length says
+            raise ValueError(f"the header says it is {length} bytes, the file holds {nbytes - f.tell()}")
+        f.seek(-(2 if version == (1, 0) else 4), 1)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(f)
     # numpy parses the header with tokenize and ast: a corrupt one raises TokenError, SyntaxError, MemoryError, ...

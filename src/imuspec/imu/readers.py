@@ -96,7 +96,7 @@ def read_csv(
         raise IMUError(f"{path}: time unit {time_unit!r} is unknown; expected one of {list(_TIME_SCALE)}")
     keys = need + [f"mag_{a}" for a in "xyz" if f"mag_{a}" in columns]
     scale = _TIME_SCALE[time_unit]
-    parts, rows, first_row = [], 2, None  # rows: the file's row number (1 = the header) of the next line
+    rows, first_row = 2, None  # rows: the file's row number (1 = the header) of the next line
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         header = next(csv.reader([f.readline()]), None)
         if not header:
@@ -106,29 +106,34 @@ def read_csv(
         if absent:
             raise IMUError(f"{path}: missing columns {absent}; the header has {header}")
         idx = [header.index(columns[k]) for k in keys]
+        groups = [(0, 1), (1, 4), (4, 7)] + ([(7, 10)] if len(keys) == 10 else [])  # t, accel, gyro, mag
+        parts: list[list[np.ndarray]] = [[] for _ in groups]  # per group, so each is joined and freed in turn
         while lines := list(itertools.islice(f, CSV_CHUNK_ROWS)):
             values = _parse_rows(lines, idx, [columns[k] for k in keys], path, rows)
             at = rows
             rows += len(lines)
+            t = values[:, 0] * scale
             if window_s is not None:
-                t = values[:, 0] * scale
                 keep = (t >= window_s[0]) & (t < window_s[1])
-                if keep.any():
-                    first_row = first_row or at + int(np.argmax(keep))
-                    values = values[keep]
-                    parts.append(values)
-                if t[-1] >= window_s[1]:
-                    break
-            else:
-                parts.append(values)
-    values = np.concatenate(parts) if parts else np.zeros((0, len(keys)))
-    del parts
-    if window_s is not None and len(values) == 0:
+                first_row = first_row or (at + int(np.argmax(keep)) if keep.any() else None)
+                values, past = values[keep], t[-1] >= window_s[1]
+            for part, (a, b) in zip(parts, groups):
+                part.append(np.array(values[:, a:b]))
+            if window_s is not None and past:
+                break
+    if not parts[0]:
+        raise IMUError(f"{path}: a header and no data rows; expected one row per sample")
+    joined = []
+    for part in parts:
+        joined.append(np.concatenate(part))
+        part.clear()
+    t, accel, gyro, *mag = joined
+    t = t[:, 0] * scale
+    if window_s is not None and len(t) == 0:
         raise IMUError(f"{path}: column '{columns['t']}' has no row in the window [{window_s[0]}, {window_s[1]}) s")
-    t = values[:, 0] * scale
-    rate = rate_hz or _rate_from(t)
     try:
-        return from_array(values[:, 1:], rate, accel_unit, gyro_unit, t=t, source=str(path), format=format, **kw)
+        return IMURecording(t, accel, gyro, accel_unit, gyro_unit, rate_hz or _rate_from(t), str(path), format,
+                            mag=mag[0] if mag else None, **kw)
     except IMUError as e:
         raise _in_columns(e, path, columns, first_row or 2) from None
 
