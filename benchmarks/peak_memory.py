@@ -3,8 +3,9 @@
 Each case runs in a fresh Python process that imports imuspec, resets its RSS high-water mark and reports the peak
 of the case (``VmHWM``) and its growth over the RSS after imports; ``import only`` is the floor. Inputs are generated
 once under /tmp, never in the repository: an Ego4D-layout CSV of ``--rows`` rows at 200 Hz, and a video of
-``--video-s`` seconds made by looping the fixture ``sample_demo_1.mp4`` (640x360, 25 fps). The in-memory paths (a whole CSV; ``simulate-events`` to
-``.npy``, which holds the stream as main did for every output) are measured beside the bounded ones.
+``--video-s`` seconds made by looping the fixture ``sample_demo_1.mp4`` (640x360, 25 fps). The in-memory paths (a
+whole CSV; ``simulate-events`` to ``.npy``, which holds the stream as main did for every output) are measured beside
+the bounded ones.
 
 Usage: python benchmarks/peak_memory.py [--rows 10000000] [--video-s 36]
        [--out benchmarks/results/peak_memory_cpu_2026-12-01.json]
@@ -104,8 +105,9 @@ def main() -> None:
         f"IMU CSV, window of {a.window_s:g} s": read + f"r = read_ego4d_csv({str(csv)!r}, window_s=({mid}, "
                                                     f"{mid + a.window_s}))\nresult = r.n_samples",
         "IMU CSV, whole file": read + f"r = read_ego4d_csv({str(csv)!r})\nresult = r.n_samples",
-        "simulate-events -> .h5 (streamed)": sim + f"    main(['simulate-events', {str(video)!r}, '/tmp/imuspec_bench.h5'])"
-                                             "\nimport h5py\nresult = len(h5py.File('/tmp/imuspec_bench.h5')['events/t'])",
+        "simulate-events -> .h5 (streamed)": sim + f"    main(['simulate-events', {str(video)!r}, "
+                                             "'/tmp/imuspec_bench.h5'])\nresult = len(h5py.File("
+                                             "'/tmp/imuspec_bench.h5')['events/t'])",
         "simulate-events -> .npy (in memory)": sim + f"    main(['simulate-events', {str(video)!r}, "
                                                "'/tmp/imuspec_bench.npy'])\nresult = None",
     }

@@ -101,7 +101,8 @@ def inputs(seed: bytes):
 def _still(n=60, rate=50.0):
     t = np.arange(n) / rate
     rng = np.random.default_rng(1)
-    return t, np.c_[0.1 * rng.standard_normal((n, 2)), 9.8 + 0.1 * rng.standard_normal(n)], 0.1 * rng.standard_normal((n, 3))
+    accel = np.c_[0.1 * rng.standard_normal((n, 2)), 9.8 + 0.1 * rng.standard_normal(n)]
+    return t, accel, 0.1 * rng.standard_normal((n, 3))
 
 
 def _stream(n=200) -> EventStream:
@@ -146,7 +147,8 @@ def seed_bytes(kind: str, tmp: Path) -> bytes:
         np.save(tmp / "s.npy", arr)
         return (tmp / "s.npy").read_bytes()
     if kind == "txt":
-        return ("64 48\n" + "".join(f"{ti / 1e6:.6f} {x} {y} {p}\n" for x, y, ti, p in zip(s.x, s.y, s.t, s.p))).encode()
+        lines = (f"{ti / 1e6:.6f} {x} {y} {p}\n" for x, y, ti, p in zip(s.x, s.y, s.t, s.p))
+        return ("64 48\n" + "".join(lines)).encode()
     if kind == "txt-xytp":
         return "".join(f"{x} {y} {ti} {p}\n" for x, y, ti, p in zip(s.x, s.y, s.t, s.p)).encode()
     if kind == "h5":

@@ -57,7 +57,11 @@ def test_aedat4_cut_yields_every_whole_packet(tmp_path, fraction):
         assert n > 0.98 * len(whole.events)
 
 
-def test_aedat4_corrupt_packet_is_skipped_and_the_rest_read(tmp_path):
+@pytest.mark.parametrize("batch", [1024, 7])  # packets per temporary copy: the same result across batch boundaries
+def test_aedat4_corrupt_packet_is_skipped_and_the_rest_read(tmp_path, monkeypatch, batch):
+    from imuspec.events import aedat4
+
+    monkeypatch.setattr(aedat4, "BATCH", batch)
     whole = read_aedat4(fixture_path(*AEDAT4))
     data = bytearray(fixture_path(*AEDAT4).read_bytes())
     data[500_000:500_050] = b"\xff" * 50  # inside packet 57, an event packet: its LZ4 payload no longer decodes

@@ -22,6 +22,7 @@ import numpy as np
 from .stream import EventError, RecordingWarning
 
 MAGIC = b"#!AER-DAT4.0\r\n"
+BATCH = 1024  # packets per temporary copy where the file is not whole
 _EVENT_DTYPE = [("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")]
 
 
@@ -76,7 +77,8 @@ def scan(path: Path) -> Container:
         try:
             table_at = _table_position(fb)
         except (struct.error, IndexError):
-            raise EventError(f"{path}: corrupt AEDAT 4 header (the IOHeader's {n} bytes are not a flatbuffer)") from None
+            raise EventError(f"{path}: corrupt AEDAT 4 header (the IOHeader's {n} bytes are not a flatbuffer)"
+                             ) from None
         end = table_at if start <= table_at <= size else size
         c = Container(size, start, table_at)
         off = start
@@ -148,7 +150,7 @@ def read_packets(path: Path) -> tuple[dict, dict[int, dict]]:
     except BaseException as e:  # noqa: BLE001 (see _decode)
         if _is_fatal(e):
             raise
-        raise EventError(f"{path}: corrupt AEDAT 4 header (aedat: {e})") from None
+        raise EventError(f"{path}: corrupt AEDAT 4 header (aedat: {' '.join(str(e).split())})") from None
     if not c.packets:
         where = f" ({c.cut})" if c.cut and "inside packet" in c.cut else ""
         raise EventError(f"{path}: truncated AEDAT 4 file: the header and no whole packet{where} in its {c.size} "
@@ -163,15 +165,15 @@ def read_packets(path: Path) -> tuple[dict, dict[int, dict]]:
             skipped.append(len(c.packets) - len(todo))
             todo = todo[1:]
     with tempfile.TemporaryDirectory(prefix="imuspec-aedat4-") as tmp:
-        while todo:
-            part = Path(tmp) / "part.aedat4"
-            _copy(path, part, c.packets_start, todo)
-            done = _decode(part, len(todo), sink)
-            if done < len(todo):  # packet `done` of this part did not decode: skip it, resume after it
+        while todo:  # in batches, so that each corrupt packet costs one batch's copy, not the rest of the file's
+            part, batch = Path(tmp) / "part.aedat4", todo[:BATCH]
+            _copy(path, part, c.packets_start, batch)
+            done = _decode(part, len(batch), sink)
+            if done < len(batch):  # packet `done` of this batch did not decode: skip it, resume after it
                 skipped.append(len(c.packets) - len(todo) + done)
                 todo = todo[done + 1:]
             else:
-                todo = []
+                todo = todo[len(batch):]
     if c.cut or skipped:
         _warn(path, c, skipped, sink)
     return sink, streams
