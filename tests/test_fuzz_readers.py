@@ -199,3 +199,11 @@ def test_fuzzed_reader_reads_or_says_why(kind, tmp_path_factory):
             check(read, p, len(data))
 
     prop()
+
+
+def test_csv_unclosed_quote_past_the_field_limit(tmp_path):
+    """Beyond the fuzzer's small seeds: an opening quote that never closes makes a field over csv's limit."""
+    p = tmp_path / "quote.csv"
+    p.write_text("canonical_timestamp_ms,accl_x,accl_y,accl_z,gyro_x,gyro_y,gyro_z\n\"" + "1" * 200_000 + "\n")
+    with pytest.raises(IMUError, match=r"quote\.csv: rows from 2: not CSV \(field larger than field limit"):
+        imu.read_ego4d_csv(p)

@@ -98,7 +98,7 @@ def read_csv(
     scale = _TIME_SCALE[time_unit]
     rows, first_row = 2, None  # rows: the file's row number (1 = the header) of the next line
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header = next(csv.reader([f.readline()]), None)
+        header = next(_csv_rows([f.readline()], path, 1), None)
         if not header:
             raise IMUError(f"{path}: empty file; expected a header row naming the columns")
         header = [h.strip() for h in header]
@@ -149,7 +149,7 @@ def _parse_rows(lines: list[str], idx: list[int], names: list[str], path: Path, 
     except ValueError:
         pass
     values = np.empty((len(lines), len(idx)))
-    for r, row in enumerate(csv.reader(lines)):
+    for r, row in enumerate(_csv_rows(lines, path, row0)):
         for j, (name, i) in enumerate(zip(names, idx)):
             try:
                 values[r, j] = float(row[i])
@@ -157,6 +157,14 @@ def _parse_rows(lines: list[str], idx: list[int], names: list[str], path: Path, 
                 cell = row[i] if i < len(row) else "<missing>"
                 raise IMUError(f"{path}: row {row0 + r}, column '{name}': {cell!r} is not a number") from None
     return values
+
+
+def _csv_rows(lines: list[str], path: Path, row0: int):
+    """csv.reader's rows, its own errors (an unclosed quote running past the field limit, …) as IMUError."""
+    try:
+        yield from csv.reader(lines)
+    except csv.Error as e:
+        raise IMUError(f"{path}: rows from {row0}: not CSV ({e})") from None
 
 
 def _in_columns(e: IMUError, path: Path, columns: dict[str, str], row0: int) -> IMUError:
