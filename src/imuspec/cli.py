@@ -9,6 +9,7 @@ import sys
 import torch
 
 from .demo import add_demo_parser
+from .distill import add_distill_parser
 from .evaluate import add_eval_parser
 from .events import cli as events_cli
 from .imu.inspect import add_inspect_imu_parser
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cli.add_simulate_events_parser(sub)
     add_inspect_imu_parser(sub)
     add_train_parser(sub)
+    add_distill_parser(sub)
     add_eval_parser(sub)
     add_demo_parser(sub)
     return p
