@@ -66,7 +66,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if sample and a.draft and not is_imu_draft(draft_kind(Path(a.draft))):
         imu = None  # a text-only draft next to a paired window
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
-                       a.target, dtype, dev) if a.draft else None
+                       a.target, dtype, dev, a.draft_layers) if a.draft else None
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         gamma=a.gamma,
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
+    g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")

@@ -226,11 +226,11 @@ class Init:
         return cls(spec, None)
 
 
-def _cut(sd_decoder: Decoder, k: int | None, what: str) -> Decoder:
-    n = sd_decoder.config.num_hidden_layers
-    if k is not None and not 1 <= k <= n:
-        raise ValueError(f"--draft-init {what}: K={k} but {what.split(':')[0]} has {n} layers; expected 1 <= K <= {n}")
-    return first_layers(sd_decoder, k) if k is not None else sd_decoder
+def _cut(decoder: Decoder, k: int | None, what: str) -> Decoder:
+    try:
+        return first_layers(decoder, k) if k is not None else decoder
+    except ValueError as e:
+        raise ValueError(f"--draft-init {what}: {e}") from None
 
 
 def _encoder(spec: str, points: int) -> nn.Module:
