@@ -355,7 +355,7 @@ def teacher_item(target, prompt: Tensor, max_new_tokens: int, eos: tuple[int, ..
     tokens = generate(dec, prompt, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=eos)).tokens
     dec.rollback(0)
     x = prompt if prompt.is_floating_point() else dec.embed(prompt.to(dec.device))
-    x = torch.cat([x.to(dec.dtype), dec.embed(torch.tensor(tokens[:-1], device=dec.device))])
+    x = torch.cat([x.to(dec.dtype), dec.embed(torch.tensor(tokens[:-1], dtype=torch.long, device=dec.device))])
     p = torch.softmax(dec(embeds=x[None])[0, len(prompt) - 1:].float(), -1)
     top = p.topk(min(k, p.shape[-1]), -1)
     rest = (1 - top.values.sum(-1)).clamp_min(0)

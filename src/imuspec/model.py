@@ -366,7 +366,7 @@ def first_layers(decoder: Decoder, k: int) -> Decoder:
     """``decoder`` cut to its first ``k`` layers (embeddings, final norm and LM head kept): a draft from a model."""
     n = decoder.config.num_hidden_layers
     if not 1 <= k <= n:
-        raise ValueError(f"{k} layers asked of a decoder with {n}; expected 1 <= K <= {n}")
+        raise ValueError(f"K={k}, but the decoder has {n} layers; expected 1 <= K <= {n}")
     decoder.model.layers = decoder.model.layers[:k]
     decoder.config = replace(decoder.config, num_hidden_layers=k)
     return decoder

@@ -149,11 +149,12 @@ def load_moments(data: list[str], window_us: int, hop_us: int) -> list[Moment]:
         except PairingError as e:
             if "expected at least one window" not in str(e):
                 raise
-            short.append(spec)
-            print(f"warning: {e}; skipped", file=sys.stderr)
+            short.append((spec, e))
     if not out:
-        raise DataError(f"--window-us {window_us}: longer than every recording ({', '.join(short)}); "
+        raise DataError(f"--window-us {window_us}: longer than every recording ({', '.join(s for s, _ in short)}); "
                         "choose a shorter window")
+    for _, e in short:
+        print(f"warning: {e}; skipped", file=sys.stderr)
     return out
 
 
