@@ -536,7 +536,8 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
               "init": init, "imu_encoder": imu_encoder if imu else None, "imu": imu, "config": asdict(cfg),
               "world_size": world(), "device": str(device), "moments": len(moments),
               "recordings": len({m.recording for m in moments}), "holdout": how,
-              "items": {"train": len(train_i), "heldout": len(held_i)}, "seconds": seconds}
+              "items": {"train": len(train_i), "heldout": len(held_i)}, "heldout_items": [items[i] for i in held_i],
+              "seconds": seconds}
 
     def target_prompt(i: int) -> Tensor:
         m, q = items[i]
