@@ -258,3 +258,29 @@ def test_chat_template_prompt_for_text_targets():
 
     tok = Tokenizer(TEXT_LLAMA)
     assert text_prompt_ids(tok, "hi") == tok.encode("hi")  # no chat template: the query with BOS
+
+
+def test_training_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
+    """Stopped after epoch 1 of 3 and resumed: the losses and held-out α of an uninterrupted run."""
+    import imuspec.distill as d
+
+    q = tmp_path / "q.txt"
+    q.write_text("\n".join(f"Question number {i}?" for i in range(8)) + "\n")
+    cfg = DistillConfig(holdout=0.25, epochs=3, max_new_tokens=8, batch=2)
+    straight = distill(TEXT_LLAMA, None, q, "target:1", None, False, cfg, tmp_path / "a")
+    calls, real = [], d.heldout_alpha
+
+    def stop_at_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 3:  # epoch 0 (the initialisation), epoch 1, then stop
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(d, "heldout_alpha", stop_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        distill(TEXT_LLAMA, None, q, "target:1", None, False, cfg, tmp_path / "b")
+    monkeypatch.setattr(d, "heldout_alpha", real)
+    resumed = distill(TEXT_LLAMA, None, q, "target:1", None, False, cfg, tmp_path / "b", resume=True)
+    assert resumed["teacher"]["shards_computed"] == 0
+    torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(straight["losses"]), rtol=0, atol=1e-6)
+    assert [h["per_item"] for h in resumed["heldout_alpha"]] == [h["per_item"] for h in straight["heldout_alpha"]]
