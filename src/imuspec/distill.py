@@ -410,7 +410,7 @@ def load_teacher(out: Path, n_items: int, shard_size: int) -> list[tuple[Tensor,
 
 # --- split, acceptance ---------------------------------------------------------------------------------------------
 
-def split(moments, fraction: float, window_us: int, seed: int) -> tuple[list[int], list[int], str]:
+def split(moments, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
     """Moment indices for training and held out: whole recordings held out; with a single recording, its last
     ``fraction`` of time, without the windows that would overlap the held-out ones."""
     recs = sorted({m.recording for m in moments})
@@ -511,7 +511,7 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
                            cfg.seed)
     moments = text_moments(queries) if text_target else load_moments(data, cfg.window_us, cfg.hop_us or cfg.window_us)
     seconds = {"moments": time.perf_counter() - t_start}
-    train_m, held_m, how = split(moments, cfg.holdout, cfg.window_us, cfg.seed)
+    train_m, held_m, how = split(moments, cfg.holdout, cfg.seed)
     items = [(m, q) for m in sorted(train_m + held_m) for q in ([moments[m].query] if moments[m].query else queries)]
     where = {m: "train" for m in train_m} | {m: "heldout" for m in held_m}
     train_i = [i for i, (m, _) in enumerate(items) if where[m] == "train"]
