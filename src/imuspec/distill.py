@@ -631,8 +631,7 @@ def _copy(decoder: Decoder) -> Decoder:
     return d
 
 
-def add_distill_parser(sub) -> None:
-    p = sub.add_parser("distill", help="distil a cheap draft against your target on unlabeled recordings (torchrun)")
+def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="the target: an EventGPT checkpoint or a text-only LLaMA folder")
     p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
                    "manifests, world:N; none for a text-only target (each query a moment)")
@@ -641,24 +640,32 @@ def add_distill_parser(sub) -> None:
     p.add_argument("--imu-encoder", help="limu-bert (the shipped one) or limu-bert:PT (a LIMU-BERT state dict)")
     p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
     d = DistillConfig()
-    p.add_argument("--window-us", type=int, default=d.window_us)
+    p.add_argument("--window-us", type=int, default=d.window_us, help="a moment's event window (µs)")
     p.add_argument("--hop-us", type=int, help="default: the window (no overlap)")
     p.add_argument("--holdout", type=float, default=d.holdout, help="fraction of recordings held out")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss)
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="total variation, forward KL on the top-k, or KL "
+                   "on the top-k + rest")
     p.add_argument("--top-k", type=int, default=d.top_k, help="teacher probabilities stored per position")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training items")
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch (split over torchrun ranks)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="longest teacher answer")
     p.add_argument("--imu-points", type=int, default=d.imu_points, help="LIMU-BERT positions over the window")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="teacher items per shard file")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="held-out split, batch order, fresh projector")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
+                   "set, else by the target's size)")
     p.add_argument("--out", required=True, help="folder for draft/, teacher/, checkpoint.pt and distill.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=cmd_distill)
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
+    from .checkpoint import read_json
+    from .runtime import set_threads
+
+    c = read_json(Path(a.target) / "config.json")
+    set_threads(a.threads, 12 * c.get("hidden_size", 0) ** 2 * c.get("num_hidden_layers", 0))  # ~ the target's step
     cfg = DistillConfig(a.window_us, a.hop_us, a.holdout, a.loss, a.top_k, a.epochs, a.batch, a.lr, a.max_new_tokens,
                         a.imu_points, a.shard_size, a.seed)
     r = distill(Path(a.target), a.data, Path(a.queries), a.draft_init, a.imu_encoder, a.no_imu, cfg, Path(a.out), a.resume)

@@ -97,7 +97,7 @@ def windows(imu: IMURecording, events: EventStream, window_us: int, hop_us: int 
     if end - start < window_us:
         raise PairingError(f"{where}: the IMU (field 't': {_span_us(imu)[0]}..{_span_us(imu)[1]} µs) and the events "
                            f"({events.t[0]}..{events.t[-1]} µs) share {max(end - start, 0)} µs; expected at least "
-                           f"one window of {window_us} µs")
+                           f"one window of {window_us} µs (--window-us)")
     return [pair(imu, events, t0, t0 + window_us) for t0 in range(start, end - window_us + 1, hop_us)]
 
 
