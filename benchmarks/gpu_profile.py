@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from imuspec import kernels
 from imuspec.synthetic import controlled_pair, parse_shape
 
 CATEGORIES = [("attention", r"attention|fmha|flash|sdpa|split_kernel"), ("gemm/gemv", r"gemm|gemv|cutlass|sm90|xmma|nvjet|splitK|cublas"),
@@ -57,7 +58,7 @@ def main() -> None:
         layer.self_attn.fuse()
         layer.mlp.fuse()
         layer.self_attn.few_queries = 0 if a.attention == "sdpa" else 16
-        layer.self_attn.kernel = a.attention == "kernel"
+        layer.self_attn.kernel_sms = kernels.multiprocessors(model.device) if a.attention == "kernel" else 0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ctx = torch.randint(3, cfg.vocab_size, (1, a.context), device="cuda")
     r = {"device": torch.cuda.get_device_name(), "shape": a.shape, "context": a.context,

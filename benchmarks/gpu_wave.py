@@ -61,7 +61,7 @@ def check_kernel(dev, dtype) -> list[float]:
         mask[:, t // 2:, :] &= torch.rand(b, 1, s, device=dev) > 0.3  # holes, as in a tree
         mask |= torch.arange(s, device=dev) == slots[:, :, None]
         ref = few_query_attention(q.double(), k.double(), v.double(), mask[:, None])
-        out = kernels.decode_attention(q, k, v, mask, n).double()
+        out = kernels.decode_attention(q, k, v, mask, n, kernels.multiprocessors(dev)).double()
         errs.append(float((out - ref).norm() / ref.norm()))
     assert all(e < 2e-2 for e in errs), f"decode_attention differs from the reference: {errs}"
     return errs

@@ -70,24 +70,24 @@ if triton is not None:
         tl.store(lb + BLOCK_M + r, l_i)
 
 
-def _splits(rows: int, slots: int, device: torch.device) -> int:
-    """Enough programs for ~4 waves of the GPU's multiprocessors, never a split under one block of slots."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    return max(1, min(triton.cdiv(4 * sms, rows), triton.cdiv(slots, BLOCK_N)))
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessor count, read once outside compiled code (which cannot query the device)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, n_valid: Tensor) -> Tensor:
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, n_valid: Tensor, sms: int) -> Tensor:
     """Attention of q [B, H, T, D] over the cache k, v [B, H_kv, S, D], reading only slots < ``n_valid`` [B] of each
-    row, ``mask`` [B, T, S] (bool) inside them; the same function as ``few_query_attention``."""
+    row, ``mask`` [B, T, S] (bool) inside them; the same function as ``few_query_attention``. The slots are split
+    into enough chunks for ~4 waves of the ``sms`` multiprocessors, never a chunk under one block."""
     b, h, t, d = q.shape
     kv, s = k.shape[1], k.shape[2]
     g = h // kv
     block_m = max(16, triton.next_power_of_2(g * t))
-    n_split = _splits(b * kv, s, q.device)
+    n_split = max(1, min(triton.cdiv(4 * sms, b * kv), triton.cdiv(s, BLOCK_N)))
     chunk = triton.cdiv(triton.cdiv(s, n_split), BLOCK_N) * BLOCK_N
     o = torch.empty(b, kv, n_split, block_m, d, device=q.device, dtype=torch.float32)
     ml = torch.empty(b, kv, n_split, 2 * block_m, device=q.device, dtype=torch.float32)
-    m8 = mask.view(torch.uint8)
+    m8 = mask.to(torch.uint8)  # a bool tensor as bytes (inductor cannot bitcast bool)
     _split_kernel[(b * kv, n_split)](
         q, k, v, m8, n_valid, o, ml,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

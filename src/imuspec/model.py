@@ -165,7 +165,7 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.head_dim = h, kv, d
         self.kv_cache: KVCache | None = None
         self.few_queries = 16  # up to this many new tokens (decode, verify) use few_query_attention
-        self.kernel = False  # decode_attention (Triton split-K) for few-query steps, set by compile_steps on a GPU
+        self.kernel_sms = 0  # > 0: decode_attention (Triton split-K) for few-query steps, set by compile_steps
 
     def fuse(self) -> None:
         """Replace q, k, v by one projection: one GEMV instead of three per decode step."""
@@ -191,8 +191,8 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k, v = self.kv_cache.write(slots, k, v)
-        if self.kernel and t * self.n_head // self.n_kv <= kernels.MAX_ROWS:
-            y = kernels.decode_attention(q, k, v, mask[:, 0], slots[:, -1] + 1)
+        if self.kernel_sms and t * self.n_head // self.n_kv <= kernels.MAX_ROWS:
+            y = kernels.decode_attention(q, k, v, mask[:, 0], slots[:, -1] + 1, self.kernel_sms)
         elif t <= self.few_queries:
             y = few_query_attention(q, k, v, mask)
         else:
@@ -329,8 +329,9 @@ class Decoder(nn.Module):
         """
         if kernel and not kernels.available(self.device):
             raise ValueError(f"kernel=True needs Triton and a CUDA device (model on {self.device})")
+        sms = kernels.multiprocessors(self.device) if kernel else 0
         for layer in self.model.layers:
-            layer.self_attn.kernel = kernel
+            layer.self_attn.kernel_sms = sms
         if fuse:
             for layer in self.model.layers:
                 layer.self_attn.fuse()
