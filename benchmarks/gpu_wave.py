@@ -34,15 +34,20 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_time(model, t: int, at: int, repeats: int = 20) -> float:
-    """Median seconds of one compiled step of t tokens after ``at`` cached ones."""
+def step_time(model, t: int, at: int, tree: bool = False, repeats: int = 20) -> float:
+    """Median seconds of one compiled step of t tokens after ``at`` cached ones (``tree``: through the tree-mask
+    graph that a t-1 node tree's verify uses, with a causal mask)."""
     ids = torch.randint(3, model.config.vocab_size, (1, t), device=model.device)
+    kw = {}
+    if tree:
+        kw = {"positions": at + torch.arange(t, device=model.device)[None],
+              "tree_mask": torch.ones(t, t, dtype=torch.bool, device=model.device).tril()[None]}
     times = []
     for i in range(repeats + 3):
         model.rollback(at)
         sync(model.device)
         t0 = time.perf_counter()
-        model.step(ids)
+        model.step(ids, **kw)
         sync(model.device)
         if i >= 3:
             times.append(time.perf_counter() - t0)
@@ -160,8 +165,10 @@ def main() -> None:
         target.warm_steps([1])
         before = ar(target, prompt, a.new_tokens)
         if use_kernel:
+            c0 = time.perf_counter()
             target.compile_steps(fuse=False, kernel=True)
             target.warm_steps([1])
+            r["compile_after_s"] = time.perf_counter() - c0
         after = ar(target, prompt, a.new_tokens)
         r["ar"] = {"before": {k: v for k, v in before.items() if k != "tokens"},
                    "after": {k: v for k, v in after.items() if k != "tokens"},
@@ -177,33 +184,42 @@ def main() -> None:
     if cuda:
         draft.compile_steps(kernel=use_kernel)
 
-    if "trees" in sections or "hf" in sections:
-        # v(T): compiled steps of the lengths the chains and trees verify, after the prompt; interpolated to 1..64
-        lengths = sorted({1, 2, 3, 4, 5} | {g + 1 for g in a.gammas} | {min(b, TreeShape.for_budget(b).nodes) + 1
-                                                                       for b in a.budgets + [4]})
-        v = {t: step_time(target, t, a.prompt_len) for t in lengths}
-        r["v_ms"] = {t: 1e3 * s for t, s in v.items()}
-        r["v_over_v1"] = {t: s / v[1] for t, s in v.items()}
-        pts = sorted(v)
+    # v(T), compiled: chain verifies (plain steps) and tree verifies (the tree-mask graph), each first timed with its
+    # compile; the planner's profile (used by "auto") is these points interpolated
+    r["v_ms"], r["v_tree_ms"], r["compile_s"] = {}, {}, {}
+    v, v_tree = {}, {}
 
-        def v_of(t):
-            lo = max(p for p in pts if p <= t) if t >= pts[0] else pts[0]
-            hi = min((p for p in pts if p >= t), default=pts[-1])
-            return v[lo] if hi == lo else v[lo] + (v[hi] - v[lo]) * (t - lo) / (hi - lo)
+    def measure(t: int, tree: bool) -> float:
+        got = v_tree if tree else v
+        if t not in got:
+            c0 = time.perf_counter()
+            step_time(target, t, a.prompt_len, tree, repeats=1)
+            r["compile_s"][f"{'tree' if tree else 'chain'}{t}"] = time.perf_counter() - c0
+            got[t] = step_time(target, t, a.prompt_len, tree)
+            (r["v_tree_ms"] if tree else r["v_ms"])[t] = 1e3 * got[t]
+            print(json.dumps({"T": t, "tree": tree, "v_ms": 1e3 * got[t], "v_over_v1": got[t] / v.get(1, got[t]),
+                              "compile_s": r["compile_s"]}), flush=True)
+        return got[t]
 
-        # the planner's v(T) profile: these compiled times (its own default measures eager forwards)
+    def v_of(t: int) -> float:
+        pts = sorted({**v, **v_tree})
+        both = {**v, **v_tree}
+        lo = max((p for p in pts if p <= t), default=pts[0])
+        hi = min((p for p in pts if p >= t), default=pts[-1])
+        return both[lo] if hi == lo else both[lo] + (both[hi] - both[lo]) * (t - lo) / (hi - lo)
+
+    def write_profile() -> None:
         path = cache_dir() / "verify_cost" / f"{profile_key(target)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        want = max(65, pts[-1])
-        path.write_text(json.dumps({"key": profile_key(target), "tokens": list(range(1, want + 1)),
-                                    "seconds": [v_of(t) for t in range(1, want + 1)]}))
-        print(json.dumps({"v_over_v1": r["v_over_v1"]}), flush=True)
-        save()
+        path.write_text(json.dumps({"key": profile_key(target), "tokens": list(range(1, 66)),
+                                    "seconds": [v_of(t) for t in range(1, 66)]}))
+
+    measure(1, False)
 
     if "trees" in sections or "hf" in sections:
         r["trees"] = []
         for alpha in a.alphas:
-            if over():
+            if over() and r["trees"]:
                 break
             eps = calibrate(target, draft, 0.05, alpha, calib_ids)
             ar_row = ar(target, prompt, a.new_tokens, repeats=1)
@@ -214,12 +230,17 @@ def main() -> None:
                     if over():
                         break
                     cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma=g)
+                    measure(g + 1, False)
                     row["chains"][g] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
                     print(json.dumps({"alpha": alpha, "gamma": g, **row["chains"][g]}), flush=True)
                 for b in a.budgets + ["auto"]:
                     if over():
                         break
                     cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma="auto" if b == "auto" else 4, tree=b)
+                    if b == "auto":
+                        write_profile()
+                    else:
+                        measure(TreeShape.for_budget(b).nodes + 1, True)
                     row["trees"][b] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
                     print(json.dumps({"alpha": alpha, "tree": b, **row["trees"][b]}), flush=True)
                 best_chain = max(row["chains"].values(), key=lambda x: x["tokens_per_s"], default=None)

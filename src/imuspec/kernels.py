@@ -52,7 +52,7 @@ if triton is not None:
             n = start + tl.arange(0, BLOCK_N)
             n_ok = n < hi
             k = tl.load(K + b * skb + kvh * skh + n[:, None] * sks + d[None, :], mask=n_ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = (tl.dot(q, tl.trans(k)) * scale).to(tl.float32)  # inductor passes the scale as fp64
             keep = tl.load(M + b * smb + t[:, None] * smt + n[None, :] * sms, mask=n_ok[None, :], other=0)
             s = tl.where(keep != 0, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
