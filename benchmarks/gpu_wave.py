@@ -264,6 +264,30 @@ def main() -> None:
             print(json.dumps({k: x for k, x in row.items() if k not in ("chains", "trees")}), flush=True)
             save()
 
+    if "draftcost" in sections:  # where a chain's draft time goes: the compiled draft step alone vs tree.grow
+        from imuspec.sampling import Sampling
+        from imuspec.tree import grow
+
+        draft.rollback(0)
+        draft(ids=prompt[None])
+        last = prompt[None, -1:]
+        r["draftcost"] = {"draft_step_ms": 1e3 * step_time(draft, 1, a.prompt_len),
+                          "draft_step2_ms": 1e3 * step_time(draft, 2, a.prompt_len)}
+        gens = [torch.Generator(device=dev).manual_seed(0)]
+        for g in (4, 8):
+            times = []
+            for i in range(13):
+                draft.rollback(a.prompt_len)
+                sync(dev)
+                c0 = time.perf_counter()
+                grow(draft, last, a.prompt_len, TreeShape.chain(g), Sampling(), gens)
+                sync(dev)
+                if i >= 3:
+                    times.append(time.perf_counter() - c0)
+            r["draftcost"][f"grow_chain{g}_ms"] = 1e3 * statistics.median(times)
+        print(json.dumps(r["draftcost"]), flush=True)
+        save()
+
     if "batch" in sections:
         # target-only batches (rows finish together: one compiled shape per B). A speculative batch compiles one graph
         # per number of unfinished rows, so it runs only for B <= --spec-batch-max, twice, timing the second.
