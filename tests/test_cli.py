@@ -29,12 +29,6 @@ def models(tmp_path_factory):
     return checkpoint(root / "target", 0, 2), checkpoint(root / "draft", 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def own_cache_folder(tmp_path, monkeypatch):
-    """generate adapts by default and keeps the target's measured verify cost in the cache folder: not the user's."""
-    monkeypatch.setenv("IMUSPEC_CACHE", str(tmp_path / "cache"))
-
-
 def run_json(capsys, *args) -> dict:
     assert main(list(args)) == 0
     return json.loads(capsys.readouterr().out)

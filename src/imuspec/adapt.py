@@ -4,7 +4,8 @@ The target's verify cost v(T) for T tokens is measured once per model shape and 
 in the user's cache folder. While decoding, acceptance per depth (per tree width), the accepted depth of each shape
 tried and the draft's cost per forward are measured; each step takes the shape that maximises predicted tokens per
 second, (1 + E[accepted depth]) / (depth · t_draft + v(nodes + 1)), against 1 / v(1) for the target alone. When the
-target alone wins, drafting stops and is probed again every ``probe_every`` steps. The output never depends on it.
+target alone wins, drafting stops and is probed again after ``probe_every`` × (a probe's cost in target steps)
+steps, so probing loses at most 1/probe_every of the time. The output never depends on it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class Planner:
 
     target: Decoder
     shapes: list[TreeShape]
-    probe_every: int = 16
+    probe_every: int = 32
     smooth: float = 0.8  # weight of the past in running means
     fallback: dict | None = None  # {"alpha", "c"} when it first chose the target alone
     verify_s: list[float] = field(init=False)
@@ -144,9 +145,11 @@ class Planner:
         return self._profiled(t) * self._scale
 
     def alpha(self, width: int, depth: int) -> list[float]:
-        """Conditional acceptance per depth for trees of ``width`` (Laplace-smoothed: 0.5 before any data)."""
+        """Conditional acceptance per depth for trees of ``width``, Laplace-smoothed; depths not reached yet take the
+        deepest measured one's (0.5 before any data), so deeper shapes get tried when acceptance is high."""
         h = self._hits.get(width, [])
-        return [(h[d][1] + 1) / (h[d][0] + 2) if d < len(h) else 0.5 for d in range(depth)]
+        seen = [(r[1] + 1) / (r[0] + 2) for r in h[:depth]]
+        return seen + [seen[-1] if seen else 0.5] * (depth - len(seen))
 
     def predicted_tau(self, shape: TreeShape) -> float:
         if shape in self._depth:
@@ -161,8 +164,8 @@ class Planner:
         return self.predicted_tau(shape) / (shape.depth * draft_s + self._v(shape.nodes + 1))
 
     def next_shape(self) -> TreeShape | None:
-        if not self._draft_s:  # nothing measured yet: start with the shape nearest four nodes
-            return min(self.shapes, key=lambda s: abs(s.nodes - 4))
+        if not self._draft_s:  # nothing measured yet: the cheapest shape measures α and c
+            return min(self.shapes, key=lambda s: (s.nodes, s.depth))
         best = max(self.shapes, key=self.predicted_speed)
         if self.predicted_speed(best) >= self.predicted_speed(None):
             return best
@@ -171,8 +174,8 @@ class Planner:
             self.fallback = {"alpha": h[0][1] / h[0][0],  # measured acceptance of the first draft token
                              "c": next(iter(self._draft_s.values())) / self._v(1)}
         self._idle += 1
-        if self._idle >= self.probe_every:  # look again: the text may have become easier to draft
-            self._idle = 0
+        cost = self.predicted_tau(best) / self.predicted_speed(best) / self._v(1)  # a probe, in target steps
+        if self._idle >= self.probe_every * cost:  # look again, at most 1/probe_every of the time lost
             return best
         return None
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from .adapt import FixedPlan, Planner
 from .model import Decoder
 from .sampling import Generators, Sampling, probs, sample
 from .tree import TreeShape, greedy_accept, grow, sample_accept, verify_logits
@@ -54,13 +55,16 @@ class GenerationConfig:
         return self.adapt or "auto" in (self.gamma, self.tree)
 
     def shapes(self) -> list[TreeShape]:
-        """The shapes a step may take: one, or the candidates that adaptive sizing chooses among."""
-        chains = [TreeShape.chain(g, self.confidence) for g in (AUTO_GAMMAS if self.gamma == "auto" else [self.gamma])]
+        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
+        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
+        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
+        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
         if self.tree is None:
             return chains
         if self.tree == "auto":
             return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
-        return [self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)]
+        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
+        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
 
     @property
     def draft_slots(self) -> int:
@@ -254,11 +258,9 @@ def generate_batch(
     pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gens))
     clock, wall = _Clock(dev), time.perf_counter()
     stats, outs = [Stats() for _ in range(b)], [[] for _ in range(b)]
-    planner = None
-    if draft is not None:
-        from .adapt import FixedPlan, Planner  # noqa: PLC0415 (adapt measures the target; only needed with a draft)
-
-        planner = Planner(target, cfgs[0].shapes()) if cfgs[0].adaptive else FixedPlan(cfgs[0].shapes()[0])
+    c0 = cfgs[0]
+    planner = None if draft is None else Planner(target, c0.shapes()) if c0.adaptive else FixedPlan(c0.shapes()[0])
+    timed_draft = cfgs[0].adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
     models = [m for m in (target, draft) if m is not None]
     entry = [m.batch for m in models]
     for m in models:
@@ -318,6 +320,8 @@ def generate_batch(
             else:
                 with clock("draft"):
                     tree = grow(draft, pending, d_len, shape, s, gens, n_pend)
+                    if timed_draft:
+                        torch.cuda.synchronize()
                 t_draft = time.perf_counter() - t0
                 with clock("target"):
                     logits = verify_logits(target, tree, t_len)

@@ -130,7 +130,8 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
         n, grown = n + len(ids), d
         if d == shape.depth or (not s.greedy and n - 1 >= shape.budget):  # greedy grows on, then reranks
             break
-        frontier = ids[score[:, ids].topk(min(k, len(ids)), dim=1).indices.sort(dim=1).values]  # the best `width`
+        # the best `width` of this depth, best first (a sampled tree cut at its budget keeps the best one's children)
+        frontier = ids[score[:, ids].topk(min(k, len(ids)), dim=1).indices]
         f = frontier.shape[1]
         slot.scatter_(1, frontier, root_pos[:, None] + 1 + expanded.shape[1] + torch.arange(f, device=dev))
         expanded = torch.cat([expanded, frontier], dim=1)
