@@ -2,12 +2,14 @@
 alone gives), with rows of different prompt lengths, EOS and max_new_tokens, chains and trees, greedy and sampled;
 sampled rows follow the target's distribution (chi-square over thousands of rows, each with its own seed)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from test_sampling import PROMPT as SHORT
 from test_sampling import V, model, p_value, target_conditionals
-from test_speculative import partly_agreeing
+from test_speculative import partly_agreeing, tiny
 
 import imuspec.speculative
 from imuspec import GenerationConfig, Sampling, generate
@@ -125,3 +127,34 @@ def test_rows_follow_the_target_distribution(shape, wrong):
     np.add.at(obs23, (out[:, 1], out[:, 2]), 1)
     pv = [p_value(obs12, joint12), p_value(obs23, joint23)]
     assert (max(pv) < 1e-6) if wrong else (min(pv) > 0.001), pv
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMUSPEC_CACHE", str(tmp_path))
+
+
+@pytest.mark.parametrize("setting", [dict(gamma="auto", tree="auto"), dict(gamma=6, confidence=0.9)],
+                         ids=["adaptive", "confidence"])
+def test_shapes_chosen_for_the_whole_batch_keep_each_row_lossless(setting, cache_folder):
+    """Adaptive sizing (here mostly target-only steps, so the draft's backlog differs per row) and confidence stops
+    decide for the whole batch: each row still equals the target alone (greedy)."""
+    target, draft = partly_agreeing() if "confidence" in setting else (tiny(0, cache=128), tiny(1, cache=128))
+    tp, dp = rows(4, seed=3)
+    cfgs = [GenerationConfig(max_new_tokens=30 + 7 * i, seed=i, **setting) for i in range(4)]
+    got = generate_batch(target, tp, cfgs, draft, dp)
+    assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
+    if "tree" in setting:
+        assert got[0].stats.fallback is not None and 0 in got[0].stats.budget_per_step
+
+
+def test_bench_engine_batch_against_transformers_batched_generate(capsys):
+    from imuspec.cli import main
+
+    assert main(["bench", "engine", "--target-shape", "layers=2,hidden=64,heads=4,kv=2,vocab=512", "--draft-shape",
+                 "layers=1,hidden=32,heads=2,vocab=512", "--new-tokens", "12", "--prompt-len", "16", "--batch", "3",
+                 "--device", "cpu", "--threads", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["batch"] == 3 and r["prompt_lens"] == [16, 14, 11]
+    for mode in ("spec", "target", "hf"):  # transformers' batched generate (left-padded) agrees row for row
+        assert r[mode]["tokens"] == 36 and r[mode]["rows_differing_from_alone"] == 0 and r[mode]["tokens_per_s"] > 0

@@ -14,6 +14,7 @@ _HOMES = {
     "Generation": "speculative",
     "GenerationConfig": "speculative",
     "generate": "speculative",
+    "generate_batch": "speculative",
     "Template": "templates",
     "Tokenizer": "templates",
     "get_template": "templates",

@@ -146,7 +146,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     set_threads(a.threads, n_params(parse_shape(a.target_shape)))
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree)
+                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree,
+                     batch=a.batch)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -204,6 +205,8 @@ def add_bench_parser(b: argparse.ArgumentParser) -> None:
     e.add_argument("--prompt-len", type=int, default=64, help="random prompt tokens")
     e.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
+    e.add_argument("--batch", type=int, default=1, help="rows decoded at once (prompts of different lengths), "
+                   "against transformers' batched generate")
     _run_options(e)
     e.set_defaults(func=cmd_bench_engine)
 

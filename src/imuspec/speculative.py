@@ -13,6 +13,10 @@ the loop reads back one small tensor per step (the accepted path and next token)
 (:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop of a chain. With
 ``adapt`` the shape of each step is chosen from measured costs and acceptance (:mod:`imuspec.adapt`), down to
 target-only steps when drafting cannot pay; the output is the same whatever the shape.
+
+Batches (:func:`generate_batch`; :func:`generate` is its batch of one) run the same loop on B rows: every row keeps
+its own cache lengths, pending tokens and generator, the caches are never padded, and a finished row leaves the
+batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more.
 """
 
 from __future__ import annotations
@@ -55,16 +59,13 @@ class GenerationConfig:
         return self.adapt or "auto" in (self.gamma, self.tree)
 
     def shapes(self) -> list[TreeShape]:
-        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
-        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
-        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
-        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
+        """The shapes a step may take: one, or the candidates that adaptive sizing chooses among."""
+        chains = [TreeShape.chain(g, self.confidence) for g in (AUTO_GAMMAS if self.gamma == "auto" else [self.gamma])]
         if self.tree is None:
             return chains
         if self.tree == "auto":
             return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
-        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
-        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
+        return [self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)]
 
     @property
     def draft_slots(self) -> int:
@@ -236,11 +237,14 @@ def generate_batch(
     ``cfg`` is one config for every row, or one per row differing only in :data:`ROW_FIELDS`. Each step every
     unfinished row drafts, one target forward verifies all rows, and each row keeps its own accepted prefix (its
     own cache lengths); a finished row leaves both caches' batches. Each row draws from its own generator, seeded
-    with its config's seed, so with a fixed shape (not ``adapt``) it gets exactly the tokens it would get decoded
-    alone; in fp32 a batch's other reduction order can only flip near-tied target logits. The caches are set up
-    for B rows here and given back with the batch they had.
+    with its config's seed, so with a fixed shape (not ``adapt``, no ``confidence`` stop: those decide for the
+    whole batch) it gets exactly the tokens it would get decoded alone; in fp32 a batch's other reduction order can
+    only flip near-tied target logits (:func:`imuspec.bench.divergence` finds them). The caches are set up for B
+    rows here and given back with the batch they had.
     """
     b = len(target_prompts)
+    if b == 0:
+        return []
     cfgs = _row_configs(cfg, b)
     slots = cfgs[0].draft_slots if draft is not None else 0
     _check(target, target_prompts, cfgs, slots, "target")
@@ -260,7 +264,7 @@ def generate_batch(
     stats, outs = [Stats() for _ in range(b)], [[] for _ in range(b)]
     c0 = cfgs[0]
     planner = None if draft is None else Planner(target, c0.shapes()) if c0.adaptive else FixedPlan(c0.shapes()[0])
-    timed_draft = cfgs[0].adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
+    timed_draft = c0.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
     models = [m for m in (target, draft) if m is not None]
     entry = [m.batch for m in models]
     for m in models:
