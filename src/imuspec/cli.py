@@ -24,6 +24,8 @@ COMMANDS = {
     "inspect-imu": ("imuspec.imu.inspect", "add_inspect_imu_parser", "read an IMU file and say what was read"),
     "train": ("imuspec.train", "add_train_parser",
               "train the project's pair from its synthetic world (runs under torchrun)"),
+    "distill": ("imuspec.distill", "add_distill_parser",
+                "distil a cheap draft against your target on unlabeled recordings (runs under torchrun)"),
     "eval": ("imuspec.evaluate", "add_eval_parser",
              "target alone vs IMU draft vs text draft on paired samples: alpha, tau, c, speed-up"),
     "demo": ("imuspec.demo", "add_demo_parser",
@@ -96,7 +98,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if sample and a.draft and not is_imu_draft(draft_kind(Path(a.draft))):
         imu = None  # a text-only draft next to a paired window
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
-                       a.target, dtype, dev) if a.draft else None
+                       a.target, dtype, dev, a.draft_layers) if a.draft else None
     set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
@@ -178,6 +180,7 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
+    g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
     g.add_argument("--gamma", type=_count_or_auto, default=4, help="draft tokens per target forward, or auto")
     g.add_argument("--tree", type=_count_or_auto, help="verify a token tree of N draft nodes per target forward "
