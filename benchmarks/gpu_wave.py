@@ -2,7 +2,8 @@
 the copy-bandwidth floor; compiled v(T); chains vs token trees (budgets, auto) at two acceptance rates; batches;
 transformers' generate and assisted generation as the peer.
 
-    PYTHONPATH=src python benchmarks/gpu_wave.py --sections ar,trees,hf --out benchmarks/results/gpu_wave_<card>_<date>.json
+    PYTHONPATH=src python benchmarks/gpu_wave.py --sections ar,trees,hf \
+        --out benchmarks/results/gpu_wave_<card>_<date>.json
     PYTHONPATH=src python benchmarks/gpu_wave.py --sections ar,batch --out ...
 
 ``--device cpu --target-shape cpu-5m --draft-shape cpu-5m`` is a dry run of the logic (no kernel, no graphs).
@@ -83,24 +84,27 @@ def ar(target, prompt, n, repeats=3) -> dict:
 
 
 def spec_row(target, draft, prompt, cfg, ar_row, v1, v_of) -> dict:
-    generate(target, prompt, replace(cfg, max_new_tokens=min(24, cfg.max_new_tokens)), draft, prompt)  # compile / capture
+    warm = replace(cfg, max_new_tokens=min(24, cfg.max_new_tokens))
+    generate(target, prompt, warm, draft, prompt)  # compile / capture
     g = generate(target, prompt, cfg, draft, prompt)
     s = g.stats
     ar_tps = ar_row["tokens_per_s_median"]
     nodes = statistics.mean(s.budget_per_step) if s.budget_per_step else 0
     draft_per_step = s.draft_s / s.steps
-    # predicted from the compiled v(T) measured alone and this run's τ and draft time: what a loop with no overhead gets
+    # predicted from the compiled v(T) measured alone, this run's τ and draft time: a loop with no overhead
     pred_tps = s.tau / (draft_per_step + v_of(round(nodes) + 1)) if s.steps else 0
     row = {"tokens_per_s": s.tokens_per_s, "speedup_over_ar": s.tokens_per_s / ar_tps, "tau": s.tau,
            "alpha": s.alpha, "alpha_token": s.alpha_token, "mean_nodes": nodes, "steps": s.steps,
            "draft_ms_per_step": 1e3 * draft_per_step, "verify_ms_per_step": 1e3 * s.target_s / s.steps,
            "c_per_draft_token": draft_per_step / max(1, statistics.mean(s.drafted_per_step)) / v1,
            "predicted_tokens_per_s": pred_tps, "measured_over_predicted": s.tokens_per_s / pred_tps,
-           "identical_to_ar": g.tokens == ar_row["tokens"], "first_divergence": first_divergence(g.tokens, ar_row["tokens"]),
+           "identical_to_ar": g.tokens == ar_row["tokens"],
+           "first_divergence": first_divergence(g.tokens, ar_row["tokens"]),
            "loop_overhead": 1 - (s.prefill_s + s.draft_s + s.target_s) / s.wall_s, "fallback": s.fallback}
     if cfg.tree is None and isinstance(cfg.gamma, int) and s.alpha_token:
         c = row["c_per_draft_token"]
-        row["leviathan_predicted_speedup"] = leviathan_speedup(s.alpha_token, cfg.gamma, c, row["verify_ms_per_step"] / 1e3 / v1)
+        v_rel = row["verify_ms_per_step"] / 1e3 / v1
+        row["leviathan_predicted_speedup"] = leviathan_speedup(s.alpha_token, cfg.gamma, c, v_rel)
     return row
 
 
@@ -130,7 +134,8 @@ def main() -> None:
     import transformers
 
     r: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-               "transformers": transformers.__version__, "dtype": str(dtype), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "transformers": transformers.__version__, "dtype": str(dtype),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "target_shape": a.target_shape, "draft_shape": a.draft_shape, "prompt_len": a.prompt_len,
                "new_tokens": a.new_tokens, "sections": sorted(sections)}
 
@@ -246,7 +251,8 @@ def main() -> None:
                 best_chain = max(row["chains"].values(), key=lambda x: x["tokens_per_s"], default=None)
                 best_tree = max(row["trees"].values(), key=lambda x: x["tokens_per_s"], default=None)
                 if best_chain and best_tree:
-                    row.update(best_chain_tokens_per_s=best_chain["tokens_per_s"], best_tree_tokens_per_s=best_tree["tokens_per_s"],
+                    row.update(best_chain_tokens_per_s=best_chain["tokens_per_s"],
+                               best_tree_tokens_per_s=best_tree["tokens_per_s"],
                                best_chain_speedup=best_chain["speedup_over_ar"],
                                best_tree_speedup=best_tree["speedup_over_ar"])
             if hf_t is not None and alpha == min(a.alphas):
