@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 
 from .runtime import add_run_options, device, n_weights, set_threads, torch_dtype
 
@@ -235,11 +236,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser(argv).parse_args(argv)
-    try:
-        return a.func(a)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return a.func(a)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """On the command line a warning (a recording read only in part, …) is one line, as an error is."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
