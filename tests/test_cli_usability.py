@@ -49,7 +49,7 @@ def test_every_flag_has_help_and_shows_its_default():
 def test_help_formatter_shows_zero_defaults():
     p = build_parser(["generate"])
     text = p._subparsers._group_actions[0].choices["generate"].format_help()
-    assert "(default: 0.0)" in text and "(default: 128)" in text and "(default: 1.0)" in text
+    assert "(default: 0.0)" in text and "default: 128" in text and "(default: 1.0)" in text
 
 
 def test_dtypes_live_below_cli_and_evaluate():

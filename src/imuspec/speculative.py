@@ -15,6 +15,7 @@ drafts γ tokens, so the verify forward always has γ+1 tokens (one CUDA graph);
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,7 +32,12 @@ class GenerationConfig:
     gamma: int = 4  # draft tokens per step
     sampling: Sampling = Sampling()
     seed: int = 0
-    eos_token_ids: tuple[int, ...] = ()  # stop after any of these (it is kept in the output)
+    eos_token_ids: tuple[int, ...] | None = None  # stop after any of these (kept); None: the target's own EOS
+    stop: Callable[[list[int]], int | None] | None = None  # output → length to cut it to, once it must end
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens (--max-new-tokens) must be at least 1, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -160,6 +166,7 @@ def generate(
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1 with a draft, got {gamma}")
     s, dev = cfg.sampling, target.device
+    eos = tuple(target.config.eos_ids) if cfg.eos_token_ids is None else cfg.eos_token_ids
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gen))
     clock, stats, wall = _Clock(dev), Stats(), time.perf_counter()
@@ -174,7 +181,7 @@ def generate(
         out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen (1 or 2)
         t_len, d_len = len(target_prompt), (len(draft_prompt) if draft is not None else 0)
 
-        while len(out) < cfg.max_new_tokens and out[-1] not in cfg.eos_token_ids:
+        while len(out) < cfg.max_new_tokens and out[-1] not in eos:
             if draft is None:
                 with clock("target"):
                     last = pick(target.step(last[None])[0, -1]).view(1)
@@ -207,11 +214,17 @@ def generate(
             t_len += 1 + n
             target.rollback(t_len)
             room = cfg.max_new_tokens - len(out)
-            stop = next((i + 1 for i, t in enumerate(new[:room]) if t in cfg.eos_token_ids), min(len(new), room))
+            stop = next((i + 1 for i, t in enumerate(new[:room]) if t in eos), min(len(new), room))
             out += new[:stop]
+            cut = cfg.stop(out) if cfg.stop else None  # a stop string: the target decided the tokens, this only cuts
+            if cut is not None:
+                stop = max(0, stop - (len(out) - cut))
+                del out[cut:]
             stats.accepted_per_step.append(n)
             stats.drafted_per_step.append(gamma)
             stats.produced_per_step.append(stop)
+            if cut is not None:
+                break
 
     stats.prefill_s, stats.draft_s, stats.target_s = (clock.total(p) for p in ("prefill", "draft", "target"))
     stats.wall_s, stats.n_tokens = time.perf_counter() - wall, len(out)

@@ -125,7 +125,7 @@ class EventSimulator:
 def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig = SimulatorConfig(),
              source: str = "<simulated>", total: int | None = None) -> EventStream:
     """Events of a whole sequence of (frame, timestamp in µs); a tqdm bar shows progress on inputs of over 300 frames
-    (``total`` frames, where known)."""
+    (``total`` frames) or of unknown length."""
     from tqdm import tqdm
 
     frames = iter(frames)
@@ -134,7 +134,7 @@ def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig
     except StopIteration:
         raise EventError(f"{source}: no frames, expected at least two") from None
     sim = EventSimulator(first, t_first, config)
-    bar = tqdm(frames, total=total and total - 1, disable=(total or 0) <= 300, unit="frame", desc="simulating events")
+    bar = tqdm(frames, total=total and total - 1, disable=total is not None and total <= 300, unit="frame", desc="simulating events")
     chunks = [sim.step(f, t) for f, t in bar]
     if not chunks:
         raise EventError(f"{source}: one frame, expected at least two")
