@@ -86,7 +86,7 @@ def bench_engine(
     gen = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randint(3, t_cfg.vocab_size, (prompt_len,), generator=gen).to(dev)
     for m in (target, draft):
-        m.setup_cache(prompt_len + new_tokens + gamma)
+        m.setup_cache(prompt_len + max(new_tokens, 2 * gamma + 2) + gamma)  # the run, or the warm-up if longer
     if eps is None:
         say(f"calibrating eps to greedy agreement {alpha}")
         eps = calibrate(target, draft, 0.05, alpha, torch.randint(3, t_cfg.vocab_size, (prompt_len + new_tokens,), generator=gen).to(dev))

@@ -48,7 +48,7 @@ def load_weights_file(path: Path, shard_of: Path | None = None) -> dict[str, tor
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{where}: refused to unpickle (only tensors are allowed): {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{where}: truncated or corrupt torch file ({str(e).splitlines()[0]})") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
