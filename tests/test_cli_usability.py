@@ -211,3 +211,26 @@ def test_plots_say_where_they_went(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(imuspec.demo, "run_demo", lambda *a, **k: dict(fake))
     assert main(["demo"]) == 0
     assert f"written to {default}" in capsys.readouterr().out
+
+
+def test_errors_name_the_window_flag():
+    from conftest import fixture_path
+
+    from imuspec.paired import PairingError, aedat4_windows
+
+    with pytest.raises(PairingError, match=r"expected at least one window of 1000000000 µs \(--window-us\)"):
+        aedat4_windows(fixture_path("aedat4", "davis_sample_short.aedat4"), 10**9)
+
+
+def test_the_shipped_pair_generates_at_its_default_length(capsys):
+    """The README's paired example without --max-new-tokens: 128 do not fit the target's 192 positions, so it says
+    how many it takes instead of failing."""
+    from conftest import fixture_path
+
+    weights = SRC / "imuspec" / "weights"
+    code = main(["generate", "--target", str(weights / "target"), "--draft", str(weights / "imu_draft"),
+                 "--paired", str(fixture_path("aedat4", "davis_sample_short.aedat4")),
+                 "--window", "1605537493868788:1605537493918788", "--prompt", "What am I doing, and what do I see?"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.strip(), err
+    assert "[--max-new-tokens" in err and "as many as the models hold after the prompt" in err
