@@ -8,6 +8,7 @@ import importlib
 import json
 import sys
 import time
+import warnings
 
 from .runtime import add_run_options, device, n_weights, positive, set_threads, torch_dtype
 
@@ -27,6 +28,8 @@ COMMANDS = {
     "inspect-imu": ("imuspec.imu.inspect", "add_inspect_imu_parser", "read an IMU file and say what was read"),
     "train": ("imuspec.train", "add_train_parser",
               "train the project's pair from its synthetic world (runs under torchrun)"),
+    "distill": ("imuspec.distill", "add_distill_parser",
+                "distil a cheap draft against your target on unlabeled recordings (runs under torchrun)"),
     "eval": ("imuspec.evaluate", "add_eval_parser",
              "target alone vs IMU draft vs text draft on paired samples: alpha, tau, c, speed-up"),
     "demo": ("imuspec.demo", "add_demo_parser",
@@ -88,7 +91,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if sample and a.draft and not is_imu_draft(draft_kind(Path(a.draft))):
         imu = None  # a text-only draft next to a paired window
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
-                       a.target, dtype, dev) if a.draft else None
+                       a.target, dtype, dev, a.draft_layers) if a.draft else None
     set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
     sides = [(s, role) for s, role in ((target, "target"), (draft, "draft")) if s is not None]
     slots = a.gamma if draft else 0  # draft tokens a verify step holds beyond the output
@@ -172,6 +175,7 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
+    g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
     g.add_argument("--max-new-tokens", type=positive, help=f"most tokens to generate (default: {DEFAULT_NEW_TOKENS}, "
                    "or fewer where the models' max_position_embeddings hold fewer after the prompt)")
     g.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
@@ -220,11 +224,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser(argv).parse_args(argv)
-    try:
-        return a.func(a)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return a.func(a)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """On the command line a warning (a recording read only in part, …) is one line, as an error is."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

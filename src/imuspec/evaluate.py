@@ -178,7 +178,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     target = open_target(a.target, dtype=dtype, device=dev)
     set_threads(a.threads, n_weights(target.decoder))
     cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids))
-    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev)}
+    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev,
+                                layers=a.draft_layers)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
     mine = _samples(a, rank, world)
@@ -217,6 +218,7 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="EventGPT checkpoint folder")
     p.add_argument("--draft", required=True, help="IMU draft (LLaSA-family folder, e.g. a project-trained draft)")
     p.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
+    p.add_argument("--draft-layers", type=int, metavar="K", help="keep the IMU draft LLM's first K layers")
     p.add_argument("--text-draft", help="text-only LLaMA folder (vicuna_v1 prompt; the target's tokenizer if none)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=positive, metavar="N", help="N samples of imuspec.world, seeds from --first-seed")

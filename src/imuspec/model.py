@@ -9,7 +9,7 @@ and its own T×T mask.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -369,3 +369,13 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin, slots, mask)
         self.length += t
         return self.lm_head(self.model.norm(x)).float()
+
+
+def first_layers(decoder: Decoder, k: int) -> Decoder:
+    """``decoder`` cut to its first ``k`` layers (embeddings, final norm and LM head kept): a draft from a model."""
+    n = decoder.config.num_hidden_layers
+    if not 1 <= k <= n:
+        raise ValueError(f"K={k}, but the decoder has {n} layers; expected 1 <= K <= {n}")
+    decoder.model.layers = decoder.model.layers[:k]
+    decoder.config = replace(decoder.config, num_hidden_layers=k)
+    return decoder
