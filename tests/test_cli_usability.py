@@ -135,7 +135,7 @@ def test_cache_error_counts_gamma_only_with_a_draft(tiny, capsys):
     assert "with --max-new-tokens 60 it needs" in err and "gamma" not in err
     assert main(["generate", "--target", str(target), "--draft", str(draft), "--prompt", prompt,
                  "--max-new-tokens", "60"]) == 2
-    assert "with --max-new-tokens 60 and --gamma 4 draft slots it needs" in capsys.readouterr().err
+    assert "with --max-new-tokens 60 and 4 draft slots (--gamma, --tree) it needs" in capsys.readouterr().err
 
 
 def test_default_max_new_tokens_fits_the_target(tiny, capsys):

@@ -17,6 +17,7 @@ _HOMES = {
     "Template": "templates",
     "Tokenizer": "templates",
     "get_template": "templates",
+    "TreeShape": "tree",
 }
 __all__ = sorted(_HOMES)
 

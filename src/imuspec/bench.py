@@ -76,6 +76,7 @@ def bench_engine(
     hf: bool = True,
     compile: bool = False,
     say: Callable[[str], None] = lambda _: None,
+    tree: int | str | None = None,
 ) -> dict:
     """One run on one set of weights; ε is calibrated to greedy agreement ``alpha`` unless given. ``say`` hears
     which phase starts (the whole run takes minutes on a CPU)."""
@@ -86,11 +87,12 @@ def bench_engine(
     gen = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randint(3, t_cfg.vocab_size, (prompt_len,), generator=gen).to(dev)
     for m in (target, draft):
-        m.setup_cache(prompt_len + max(new_tokens, 2 * gamma + 2) + gamma)  # the run, or the warm-up if longer
+        # the run, or the warm-up if longer
+        m.setup_cache(prompt_len + max(new_tokens, 2 * gamma + 2) + GenerationConfig(gamma=gamma, tree=tree).draft_slots)
     if eps is None:
         say(f"calibrating eps to greedy agreement {alpha}")
         eps = calibrate(target, draft, 0.05, alpha, torch.randint(3, t_cfg.vocab_size, (prompt_len + new_tokens,), generator=gen).to(dev))
-    cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed,
+    cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed, tree=tree,
                            eos_token_ids=())  # a fixed length, as transformers' min_new_tokens
     hf_pair = (to_hf(target), to_hf(draft)) if hf else None  # before compile_steps fuses our projections
     if compile:
@@ -99,7 +101,7 @@ def bench_engine(
         with torch.inference_mode():
             target.warm_steps([1, gamma + 1])
             draft.warm_steps([1, 2])
-    warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma, eos_token_ids=())
+    warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma, tree=tree, eos_token_ids=())
     say("warming up")
     generate(target, prompt, warm)
     generate(target, prompt, warm, draft, prompt)
@@ -121,7 +123,8 @@ def bench_engine(
         "target_shape": target_shape, "target_params": n_params(t_cfg),
         "draft_shape": draft_shape, "draft_params": n_params(d_cfg),
         "eps": eps, "teacher_forced_agreement": agreement(target, draft, prompt),
-        "gamma": gamma, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "gamma": gamma, "tree": tree, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "mean_tree_budget": sum(s.budget_per_step) / s.steps,
         "ar_tokens_per_s": ar.stats.tokens_per_s,
         "spec_tokens_per_s": s.tokens_per_s,
         "identical_to_ar": spec.tokens == ar.tokens,
@@ -153,7 +156,7 @@ def format_table(r: dict) -> str:
     rows = [
         ("device", r["device"] + " " + r["dtype"]),
         ("target / draft", f"{r['target_shape']} ({r['target_params'] / 1e6:.1f}M) / {r['draft_shape']} ({r['draft_params'] / 1e6:.1f}M)"),
-        ("eps, gamma", f"{r['eps']:.4g}, {r['gamma']}"),
+        ("eps, gamma, tree", f"{r['eps']:.4g}, {r['gamma']}, {r.get('tree')} (mean nodes {r['mean_tree_budget']:.1f})"),
         ("prompt, new tokens", f"{r['prompt_len']}, {r['new_tokens']}"),
         ("ours AR tokens/s", f"{r['ar_tokens_per_s']:.1f}"),
         ("ours speculative tokens/s", f"{r['spec_tokens_per_s']:.1f}  (identical to AR: {r['identical_to_ar']})"),

@@ -56,6 +56,16 @@ def _window(text: str) -> tuple[int, int]:
     return t0, t1
 
 
+def _count_or_auto(text: str) -> int | str:
+    """--gamma / --tree: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
+
+
 def _paired_sample(a: argparse.Namespace):
     """The window of ``--paired FILE`` or of ``--imu FILE`` with ``--events``/``--video``; None without --window."""
     from .paired import from_aedat4, from_files
@@ -94,7 +104,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
                        a.target, dtype, dev, a.draft_layers) if a.draft else None
     set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
     sides = [(s, role) for s, role in ((target, "target"), (draft, "draft")) if s is not None]
-    slots = a.gamma if draft else 0  # draft tokens a verify step holds beyond the output
+    shape = GenerationConfig(gamma=a.gamma, tree=a.tree, adapt=not a.no_adapt)
+    slots = shape.draft_slots if draft else 0  # draft tokens a verify step holds beyond the output
     room = min(s.decoder.config.max_position_embeddings - len(s.prompt) - slots for s, _ in sides)
     max_new = a.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, room))
     if a.max_new_tokens is None and 1 <= room < DEFAULT_NEW_TOKENS:
@@ -106,12 +117,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sampling=Sampling(a.temperature, a.top_k, a.top_p),
         seed=a.seed,  # EOS: the target's own (config.json, generation_config.json)
         stop=StopStrings(target.tokenizer, get_template(a.template).stop_strings) if named else None,
+        tree=a.tree,
+        adapt=not a.no_adapt,
     )
     for side, role in sides:
         need = len(side.prompt) + cfg.max_new_tokens + slots
         limit = side.decoder.config.max_position_embeddings
         if need > limit:
-            counted = f"--max-new-tokens {cfg.max_new_tokens}" + (f" and --gamma {a.gamma} draft slots" if slots else "")
+            counted = f"--max-new-tokens {cfg.max_new_tokens}" + (f" and {slots} draft slots (--gamma, --tree)"
+                                                                   if slots else "")
             raise ValueError(f"the {role} prompt is {len(side.prompt)} tokens; with {counted} it needs {need} "
                              f"positions, more than the {role}'s max_position_embeddings {limit}")
         side.decoder.setup_cache(need)
@@ -119,9 +133,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
             side.decoder.compile_steps()
     g = generate(target.decoder, target.prompt, cfg, draft and draft.decoder, draft and draft.prompt)
     text = target.tokenizer.decode(g.tokens)
+    if g.stats.fallback:
+        from .adapt import fallback_message
+
+        print(fallback_message(g.stats.fallback), file=sys.stderr)
     if a.json:
         s = g.stats.to_dict()
-        keys = ("steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
+        keys = ("steps", "accepted_per_step", "budget_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
         print(json.dumps({"text": text, "token_ids": g.tokens, "stats": {k: s[k] for k in keys}}))
     else:
         print(text)
@@ -141,7 +159,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     say = lambda phase: print(f"[{time.perf_counter() - t0:6.1f} s] {phase}", file=sys.stderr, flush=True)  # noqa: E731
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, say=say)
+                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree,
+                     say=say)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -178,7 +197,11 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
     g.add_argument("--max-new-tokens", type=positive, help=f"most tokens to generate (default: {DEFAULT_NEW_TOKENS}, "
                    "or fewer where the models' max_position_embeddings hold fewer after the prompt)")
-    g.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
+    g.add_argument("--gamma", type=_count_or_auto, default=4, help="draft tokens per target forward, or auto")
+    g.add_argument("--tree", type=_count_or_auto, help="verify a token tree of N draft nodes per target forward "
+                   "(EAGLE-2), or auto: chains or trees sized to the measured costs")
+    g.add_argument("--no-adapt", action="store_true", help="keep --gamma / --tree fixed: no target-only fallback "
+                   "when drafting does not pay (for benchmarks)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set holding this probability")
@@ -196,6 +219,7 @@ def add_bench_parser(b: argparse.ArgumentParser) -> None:
     e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
     e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
     e.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
+    e.add_argument("--tree", type=_count_or_auto, help="a token tree of N draft nodes per step (or auto) instead of a chain")
     e.add_argument("--prompt-len", type=positive, default=64, help="random prompt tokens")
     e.add_argument("--new-tokens", type=positive, default=128, help="tokens to generate")
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")

@@ -33,11 +33,12 @@ METRICS = ("alpha", "alpha_token", "tau", "c", "speedup", "tokens_per_s")
 
 def _fit(family: Family, prompt: torch.Tensor, cfg: GenerationConfig, role: str) -> None:
     """Grow the KV cache to this prompt + output + draft slots (never shrinks, so one allocation in a run)."""
-    need = len(prompt) + cfg.max_new_tokens + cfg.gamma
+    need = len(prompt) + cfg.max_new_tokens + cfg.draft_slots
     limit = family.decoder.config.max_position_embeddings
     if need > limit:
-        raise ValueError(f"the {role} prompt is {len(prompt)} tokens; with {cfg.max_new_tokens} new tokens and gamma "
-                         f"{cfg.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}")
+        raise ValueError(f"the {role} prompt is {len(prompt)} tokens; with {cfg.max_new_tokens} new tokens and "
+                         f"{cfg.draft_slots} draft slots it needs {need} positions, more than the {role}'s "
+                         f"max_position_embeddings {limit}")
     if family.decoder.max_len < need:
         family.decoder.setup_cache(need)
 
@@ -177,14 +178,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     target = open_target(a.target, dtype=dtype, device=dev)
     set_threads(a.threads, n_weights(target.decoder))
-    cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids))
+    cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids),
+                           tree=a.tree)
     drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev,
                                 layers=a.draft_layers)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
     mine = _samples(a, rank, world)
     if mine:  # warm-up: every model once, untimed
-        evaluate_sample(target, drafts, mine[0][1], query, GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed))
+        evaluate_sample(target, drafts, mine[0][1], query, GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed, tree=a.tree))
     rows = []
     for i, s in tqdm(mine, disable=rank != 0, desc="eval", unit="sample"):
         row = {"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text, "meta": s.meta}
@@ -196,7 +198,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     modes = ["target", *drafts]
     summary = summarize(rows, modes) | {"command": sys.argv, "query": query, "device": dev, "dtype": a.dtype,
-                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "processes": world}
+                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "tree": a.tree,
+                                        "processes": world}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:
@@ -233,5 +236,6 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for samples.jsonl, summary.json, eval.png")
     p.add_argument("--max-new-tokens", type=positive, default=48, help="most tokens per answer")
     p.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
+    p.add_argument("--tree", type=positive, help="verify a token tree of N draft nodes per step instead of a chain")
     add_run_options(p)
     p.set_defaults(func=cmd_eval)

@@ -1,15 +1,18 @@
-"""The draft/verify loop: chain speculative decoding (Leviathan et al. 2023; Chen et al. 2023), lossless.
+"""The draft/verify loop: speculative decoding with chains (Leviathan et al. 2023; Chen et al. 2023) and token
+trees (EAGLE-2; SpecInfer / Sequoia verification), lossless.
 
 Draft and target are each a :class:`~imuspec.model.Decoder` with its own prompt (token ids, or embeddings built by
-a multimodal prompt builder); they share only the vocabulary and the continuation. Each step the draft proposes up
-to γ tokens one at a time, the target scores all of them in one forward of γ+1 tokens, and the accepted prefix plus
-one target token is kept. Both caches are then rolled back to exactly the kept sequence.
+a multimodal prompt builder); they share only the vocabulary and the continuation. Each step the draft grows a tree
+(:mod:`imuspec.tree`; a chain of γ tokens is a tree of width 1), the target scores every node in one forward, and one
+root path plus one target token is kept. Both caches are then compacted to exactly the kept sequence.
 
-Cache invariants, which make rollback a length change: the target holds prompt + out[:-1]; the draft holds its
-prompt + out[:len(out) - len(pending)], ``pending`` being the committed tokens it has not seen yet. Tokens stay on
-the device; the loop reads back one small tensor per step (the accepted count and tokens), so with compiled steps
-(:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop. Every step
-drafts γ tokens, so the verify forward always has γ+1 tokens (one CUDA graph); what passes max_new_tokens is cut.
+Cache invariants: the target holds prompt + out[:-1]; the draft holds its prompt + out[:len(out) - len(pending)],
+``pending`` being the committed tokens it has not seen yet. After a verify the accepted path's K/V move to contiguous
+slots (:meth:`~imuspec.model.Decoder.keep`, O(kept)); for a chain they are already there. Tokens stay on the device;
+the loop reads back one small tensor per step (the accepted path and next token), so with compiled steps
+(:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop of a chain. With
+``adapt`` the shape of each step is chosen from measured costs and acceptance (:mod:`imuspec.adapt`), down to
+target-only steps when drafting cannot pay; the output is the same whatever the shape.
 """
 
 from __future__ import annotations
@@ -22,29 +25,63 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .adapt import FixedPlan, Planner
 from .model import Decoder
-from .sampling import Sampling, greedy_verify, probs, sample, speculative_verify
+from .sampling import Sampling, probs, sample
+from .tree import TreeShape, greedy_accept, grow, sample_accept, verify_logits
+
+AUTO_GAMMAS = (1, 2, 3, 4, 6, 8)  # chains "auto" chooses among
+AUTO_BUDGETS = (4, 8, 16, 32)  # trees "auto" chooses among (besides the chains)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 128
-    gamma: int = 4  # draft tokens per step
+    gamma: int | str = 4  # draft tokens per step (a chain); "auto": chosen as decoding goes
     sampling: Sampling = Sampling()
     seed: int = 0
     eos_token_ids: tuple[int, ...] | None = None  # stop after any of these (kept); None: the target's own EOS
     stop: Callable[[list[int]], int | None] | None = None  # output → length to cut it to, once it must end
+    tree: int | TreeShape | str | None = None  # None: a chain of gamma; N: an N-node tree; "auto": chosen (or chains)
+    adapt: bool = False  # choose each step's shape for speed, down to target-only steps (implied by "auto")
+    confidence: float = 0.0  # chains: stop drafting once the draft's top probability falls below this
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens (--max-new-tokens) must be at least 1, got {self.max_new_tokens}")
+        for name, v in (("gamma", self.gamma), ("tree", self.tree)):
+            if isinstance(v, str) and v != "auto" or isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ValueError(f"{name}: expected a positive integer or 'auto', got {v!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adapt or "auto" in (self.gamma, self.tree)
+
+    def shapes(self) -> list[TreeShape]:
+        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
+        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
+        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
+        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
+        if self.tree is None:
+            return chains
+        if self.tree == "auto":
+            return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
+        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
+        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
+
+    @property
+    def draft_slots(self) -> int:
+        """Cache slots a step needs beyond the committed tokens (γ for a chain, the node count for a tree)."""
+        return max(sh.nodes for sh in self.shapes())
 
 
 @dataclass
 class Stats:
-    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens kept, per target forward
-    drafted_per_step: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens kept (accepted depth), per forward
+    drafted_per_step: list[int] = field(default_factory=list)  # the tree's depth (γ for a chain)
     produced_per_step: list[int] = field(default_factory=list)  # tokens added to the output, per target forward
+    budget_per_step: list[int] = field(default_factory=list)  # tree nodes verified (γ for a chain, 0: target alone)
+    fallback: dict | None = None  # set when adaptive sizing first fell back to target-only steps: {"alpha", "c"}
     prefill_s: float = 0.0
     draft_s: float = 0.0  # draft forwards and sampling, excluding prefill
     target_s: float = 0.0  # target forwards and verification, excluding prefill
@@ -81,6 +118,8 @@ class Stats:
         return {
             "steps": self.steps,
             "accepted_per_step": self.accepted_per_step,
+            "budget_per_step": self.budget_per_step,
+            "fallback": self.fallback,
             "alpha": self.alpha,
             "tau": self.tau,
             "draft_s": self.draft_s,
@@ -131,15 +170,17 @@ def _forward(model: Decoder, prompt: Tensor) -> Tensor:
     return model(ids=prompt[None])[0, -1]
 
 
-def _check(model: Decoder, prompt: Tensor, cfg: GenerationConfig, gamma: int, role: str) -> None:
+
+
+def _check(model: Decoder, prompt: Tensor, cfg: GenerationConfig, slots: int, role: str) -> None:
     if prompt.ndim not in (1, 2) or (prompt.ndim == 2) != prompt.is_floating_point() or len(prompt) == 0:
         raise ValueError(f"{role} prompt: expected token ids [T] or embeddings [T, H], got {tuple(prompt.shape)}")
     if prompt.ndim == 2 and prompt.shape[1] != model.config.hidden_size:
         raise ValueError(f"{role} prompt embeddings have width {prompt.shape[1]}, the {role} expects {model.config.hidden_size}")
-    need = len(prompt) + cfg.max_new_tokens + gamma
+    need = len(prompt) + cfg.max_new_tokens + slots
     if need > model.max_len:
         raise ValueError(
-            f"{role}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {gamma} draft "
+            f"{role}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {slots} draft "
             f"slots needs a cache of {need}, but the {role}'s cache holds {model.max_len} (setup_cache)"
         )
 
@@ -152,8 +193,8 @@ def generate(
     draft_prompt: Tensor | None = None,
 ) -> Generation:
     """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way."""
-    gamma = cfg.gamma if draft is not None else 0
-    _check(target, target_prompt, cfg, gamma, "target")
+    slots = cfg.draft_slots if draft is not None else 0
+    _check(target, target_prompt, cfg, slots, "target")
     if draft is not None:
         if draft.config.vocab_size != target.config.vocab_size:
             raise ValueError(
@@ -162,14 +203,14 @@ def generate(
             )
         if draft_prompt is None:
             raise ValueError("a draft needs its own prompt (token ids or embeddings)")
-        _check(draft, draft_prompt, cfg, gamma, "draft")
-        if gamma < 1:
-            raise ValueError(f"gamma must be >= 1 with a draft, got {gamma}")
+        _check(draft, draft_prompt, cfg, slots, "draft")
     s, dev = cfg.sampling, target.device
     eos = tuple(target.config.eos_ids) if cfg.eos_token_ids is None else cfg.eos_token_ids
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gen))
     clock, stats, wall = _Clock(dev), Stats(), time.perf_counter()
+    planner = None if draft is None else Planner(target, cfg.shapes()) if cfg.adaptive else FixedPlan(cfg.shapes()[0])
+    timed_draft = cfg.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
 
     with torch.inference_mode():
         target.rollback(0)
@@ -178,41 +219,51 @@ def generate(
             if draft is not None:
                 draft.rollback(0)
                 _forward(draft, draft_prompt)
-        out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen (1 or 2)
+        out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen
         t_len, d_len = len(target_prompt), (len(draft_prompt) if draft is not None else 0)
 
         while len(out) < cfg.max_new_tokens and out[-1] not in eos:
-            if draft is None:
+            shape = planner.next_shape() if planner is not None else None
+            t0 = time.perf_counter()
+            if shape is None:  # the target alone (no draft, or drafting does not pay now)
                 with clock("target"):
                     last = pick(target.step(last[None])[0, -1]).view(1)
-                    n, new = 0, [int(last)]
+                    n, new, nodes, t_draft = 0, [int(last)], 0, 0.0
+                if draft is not None:
+                    pending = torch.cat([pending, last])
             else:
                 with clock("draft"):
-                    x, drafted, qs = pending, [], []
-                    for _ in range(gamma):
-                        logits = draft.step(x[None])[0, -1]
-                        if s.greedy:
-                            x = logits.argmax(-1, keepdim=True)
-                        else:
-                            qs.append(probs(logits, s))
-                            x = sample(qs[-1], gen).view(1)
-                        drafted.append(x)
-                    d = torch.cat(drafted)
+                    tree = grow(draft, pending[None], d_len, shape, s, gen)
+                    if timed_draft:
+                        torch.cuda.synchronize()
+                t_draft = time.perf_counter() - t0
                 with clock("target"):
-                    logits = target.step(torch.cat([last, d])[None])[0]
+                    logits = verify_logits(target, tree, t_len)
                     if s.greedy:
-                        n, nxt = greedy_verify(d, logits)
+                        n, nxt, path = greedy_accept(tree, logits)
                     else:
-                        n, nxt = speculative_verify(d, torch.stack(qs), probs(logits, s), gen)
-                    host = torch.cat([n.view(1), nxt.view(1), d]).tolist()  # the one host sync per step
-                n, new = host[0], host[2:2 + host[0]] + [host[1]]
-                keep = min(n, gamma - 1)  # the draft has seen pending + d[:gamma-1]
-                d_len += len(pending) + keep
+                        n, nxt, path = sample_accept(tree, probs(logits, s), gen)
+                    # the one host sync per step: depth, next token, and the path's tokens and draft slots
+                    host = torch.cat([n, nxt, tree.tokens.gather(1, path)[0], tree.draft_slot.gather(1, path)[0]]).tolist()
+                n, nodes = host[0], tree.size
+                d = (len(host) - 2) // 2
+                toks, dslots = host[2:2 + d], host[2 + d:]
+                new = toks[1:n + 1] + [host[1]]
+                if not tree.is_chain:  # a chain's accepted tokens already sit at t_len + 1 ... t_len + n
+                    target.keep(t_len + path[:, 1:n + 1], t_len + 1)
+                seen = sum(x >= 0 for x in dslots[1:n + 1])  # the draft has seen the path's first `seen` nodes
+                base = d_len + len(pending)
+                if not tree.is_chain and seen:
+                    draft.keep(torch.tensor([dslots[1:seen + 1]], dtype=torch.long, device=dev), base)
+                d_len = base + seen
                 draft.rollback(d_len)
                 last = nxt.view(1)
-                pending = torch.cat([d[keep:n], last])
+                pending = torch.cat([path.new_tensor(toks[seen + 1:n + 1]), last])
             t_len += 1 + n
             target.rollback(t_len)
+            depth = tree.max_depth if shape is not None else 0
+            if planner is not None:
+                planner.update(shape, depth, n, nodes, t_draft, time.perf_counter() - t0 - t_draft)
             room = cfg.max_new_tokens - len(out)
             stop = next((i + 1 for i, t in enumerate(new[:room]) if t in eos), min(len(new), room))
             out += new[:stop]
@@ -221,11 +272,13 @@ def generate(
                 stop = max(0, stop - (len(out) - cut))
                 del out[cut:]
             stats.accepted_per_step.append(n)
-            stats.drafted_per_step.append(gamma)
+            stats.drafted_per_step.append(depth)
             stats.produced_per_step.append(stop)
+            stats.budget_per_step.append(nodes)
             if cut is not None:
                 break
 
     stats.prefill_s, stats.draft_s, stats.target_s = (clock.total(p) for p in ("prefill", "draft", "target"))
     stats.wall_s, stats.n_tokens = time.perf_counter() - wall, len(out)
+    stats.fallback = planner and planner.fallback
     return Generation(out, stats)
