@@ -7,6 +7,10 @@ nothing at all (each query is then a moment of its own). ``--data`` takes any mi
 - ``IMU+EVENTS`` / ``IMU+VIDEO`` (joined by ``+``): an IMU file and an event file or a video on one clock (a video's
   frames become events through the simulator), sliding windows;
 - ``DIR`` in the Ego4D layout: ``{video_uid}.mp4`` beside ``{video_uid}.csv`` (Ego4D's IMU CSV), sliding windows;
+  with Ego4D's ``narration.json`` there (``{video_uid: {"narration_pass_1": {"narrations": [{"timestamp_sec",
+  "narration_text"}]}}}``, every ``narration_pass_*``), each narration is an extra query of every window of its video
+  that holds its time (``t0 <= timestamp_sec < t1`` on the video's clock), its text without Ego4D's ``#C``/``#O``
+  tags, asked beside the query file's;
 - ``FILE.jsonl``: a manifest, one moment a line ``{"imu", "events"|"video", "t0_us", "t1_us", "query"?}`` (paths
   relative to the manifest), the moment's own query replacing the query file's;
 - ``world:N``: N samples of the synthetic world (seeds 0..N-1), each its own recording.
@@ -38,6 +42,11 @@ class Moment:
     recording: str  # what the held-out split groups by
     sample: PairedSample | None  # None: a text-only moment
     query: str | None = None  # the manifest's own question; None: every query of the query file
+    extra: tuple[str, ...] = ()  # asked besides (Ego4D narrations at the moment's time)
+
+    def queries(self, common: list[str]) -> list[str]:
+        """What the target is asked about this moment."""
+        return ([self.query] if self.query else common) + [q for q in self.extra if q not in common]
 
 
 def read_queries(path: str | Path) -> list[str]:
@@ -64,6 +73,34 @@ def _video_events(video: Path, until_us: float) -> EventStream:
     from .paired import _until
 
     return simulate(_until(frames_from_video(video), until_us), source=str(video))
+
+
+NARRATIONS = "narration.json"
+
+
+def _narrations(path: Path) -> dict[str, list[tuple[float, str]]]:
+    """Ego4D's narration file: per video_uid, (timestamp_sec, text without the ``#C``-style tags) of every pass."""
+    try:
+        data = json.loads(path.read_text())
+        out = {}
+        for uid, v in data.items():
+            rows = [n for k, p in v.items() if k.startswith("narration_pass") for n in p["narrations"]]
+            out[uid] = [(float(n["timestamp_sec"]), _untag(str(n["narration_text"]))) for n in rows]
+        return out
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        raise DataError(f"--data {path}: expected Ego4D's narrations, {{video_uid: {{\"narration_pass_1\": "
+                        "{\"narrations\": [{\"timestamp_sec\": ..., \"narration_text\": ...}]}}}") from None
+
+
+def _untag(text: str) -> str:
+    """'#C C opens the door' -> 'C opens the door' (Ego4D marks the camera wearer #C, others #O)."""
+    return " ".join(w for w in text.split() if not w.startswith("#")).strip()
+
+
+def _with_narrations(v: Path, samples: list[PairedSample], narr: dict[str, list[tuple[float, str]]]) -> list[Moment]:
+    said = narr.get(v.stem, [])
+    return [Moment(str(v), s, None, tuple(dict.fromkeys(t for ts, t in said if t and s.t0_us <= ts * 1e6 < s.t1_us)))
+            for s in samples]
 
 
 def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[PairedSample]:
@@ -124,7 +161,8 @@ def _one(spec: str, window_us: int, hop_us: int) -> list[Moment]:
         videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO and p.with_suffix(".csv").exists())
         if not videos:
             raise DataError(f"--data {path}: a folder without Ego4D pairs; expected {{video_uid}}.mp4 beside {{video_uid}}.csv")
-        return [Moment(str(v), s) for v in videos for s in _pair_files(v.with_suffix(".csv"), v, window_us, hop_us)]
+        narr = _narrations(path / NARRATIONS) if (path / NARRATIONS).exists() else {}
+        return [m for v in videos for m in _with_narrations(v, _pair_files(v.with_suffix(".csv"), v, window_us, hop_us), narr)]
     if path.suffix == ".jsonl":
         return _manifest(path)
     if path.suffix.lower() == ".aedat4":
