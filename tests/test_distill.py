@@ -179,6 +179,8 @@ def test_imu_span_ends_with_the_window_and_follows_a_shorter_recording(run, quer
     import shutil
     from dataclasses import replace
 
+    from imuspec.imu.preprocess import span_input, starting_at
+
     out, _ = run
     shutil.copytree(out / "teacher", tmp_path / "d" / "teacher")
     cfg = replace(CFG, epochs=1, imu_span_us=300_000)
@@ -195,7 +197,9 @@ def test_imu_span_ends_with_the_window_and_follows_a_shorter_recording(run, quer
     for s, t0 in ((late, late.t1_us - 300_000), (early, start)):
         wide = replace(s, t0_us=t0)  # the span as a window of its own
         torch.testing.assert_close(draft.embed(QUERY, s), draft.embed(QUERY, wide), rtol=0, atol=1e-4)
-        assert not torch.allclose(draft.embed(QUERY, s), draft.embed(QUERY, replace(s, t0_us=s.t1_us - 50_000)))
+    np.testing.assert_array_equal(early.imu_input(40, 300_000), span_input(early.imu, early.imu.t[0], early.t1_us * 1e-6, 40))
+    window_only = replace(late, imu=starting_at(late.imu, late.t0_us * 1e-6))  # a recording that begins with the window
+    assert not torch.allclose(draft.embed(QUERY, late), draft.embed(QUERY, window_only), atol=1e-3)
     window = ["--paired", str(AEDAT4), "--window", "1605537493868788:1605537493918788"]
     assert _generate([*window, "--draft", str(draft_dir)], capsys) == _generate(window, capsys)
 

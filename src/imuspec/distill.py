@@ -343,7 +343,7 @@ def _shard_path(out: Path, j: int) -> Path:
     return out / "teacher" / f"shard-{j:05d}.safetensors"
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as generate_batch leaves the cache
 def teacher_items(target, prompts: list[Tensor], max_new_tokens: int, eos: tuple[int, ...], k: int):
     """The target's greedy answers to ``prompts`` (ids or embeddings), decoded as one batch
     (:func:`~imuspec.speculative.generate_batch`: each row's tokens are those it gets alone), and per answer its
