@@ -260,7 +260,8 @@ def _cli(queries: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_two_processes_give_the_one_process_losses(run, queries, tmp_path):
-    """torchrun --nproc_per_node 2 (gloo), the same teacher shards: the losses and held-out α of one process."""
+    """torchrun --nproc_per_node 2 (gloo), the same teacher shards: the losses of one process to 1e-6 (every step)
+    and its held-out α."""
     import shutil
 
     out, one = run
@@ -271,7 +272,8 @@ def test_two_processes_give_the_one_process_losses(run, queries, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "d" / "distill.json").read_text())
     assert two["world_size"] == 2 and two["teacher"]["shards_computed"] == 0
-    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-5)
+    diff = max(abs(a - b) for a, b in zip(two["losses"], one["losses"], strict=True))
+    assert diff <= 1e-6, diff  # measured 3.0e-8 (fp32 all-reduce order), 2026-12-01
     for a, b in zip(two["heldout_alpha"], one["heldout_alpha"]):
         assert a["per_item"] == pytest.approx(b["per_item"], abs=1e-6)
 
