@@ -204,6 +204,42 @@ def test_imu_span_ends_with_the_window_and_follows_a_shorter_recording(run, quer
     assert _generate([*window, "--draft", str(draft_dir)], capsys) == _generate(window, capsys)
 
 
+def test_video_llava_target_sees_the_frames_of_each_window(tmp_path, queries):
+    """A tiny Video-LLaVA target on IMU+VIDEO: the teacher's answers are the target's own on the window's 8 frames
+    (as shown at 8 instants of the window), and the distilled IMU draft decodes losslessly with it."""
+    from test_videollava import tiny_checkpoint
+
+    from imuspec.models.videollava import N_FRAMES
+    from imuspec.moments import window_frames
+    from imuspec.video import iter_frames, video_pixels
+
+    folder = ego4d_folder(tmp_path / "e")
+    target_dir, _ = tiny_checkpoint(tmp_path / "vl")
+    cfg = DistillConfig(window_us=200_000, hop_us=200_000, holdout=0.4, epochs=1, max_new_tokens=8, batch=2,
+                        shard_size=2, teacher_batch=2)
+    data = [f"{folder / 'clip.csv'}+{VIDEO}"]
+    r = distill(target_dir, data, queries, "target:1", "limu-bert", False, cfg, tmp_path / "d")
+    assert r["finished"] and r["moments"] == 4
+    target = open_target(target_dir)
+    moments = load_moments(data, cfg.window_us, cfg.hop_us)
+    s = moments[1].sample
+    shown = window_frames(VIDEO, s.t0_us, s.t1_us, N_FRAMES)
+    times = [t for t, _ in iter_frames(VIDEO)][:20]
+    first = max(i for i, t in enumerate(times) if t * 1e6 <= s.t0_us + (s.t1_us - s.t0_us) / 16)
+    np.testing.assert_array_equal(shown[0], list(iter_frames(VIDEO))[first][1])
+    tp = target.embed(QUERY, video_pixels(shown, 28))
+    draft = open_draft(tmp_path / "d" / "draft", None, target.tokenizer)
+    dp = draft.embed(QUERY, s)
+    for d, n in ((target.decoder, len(tp)), (draft.decoder, len(dp))):
+        d.setup_cache(n + 8 + 5)
+    g = GenerationConfig(8, 4, eos_token_ids=tuple(target.decoder.config.eos_ids))
+    alone = generate(target.decoder, tp, g).tokens
+    assert load_teacher(tmp_path / "d", 4, 2)[1][0].tolist() == alone
+    assert generate(target.decoder, tp, g, draft.decoder, dp).tokens == alone
+    with pytest.raises(ValueError, match="it sees video frames, and --data .*aedat4 has none"):
+        distill(target_dir, [str(AEDAT4)], queries, "target:1", "limu-bert", False, cfg, tmp_path / "d2")
+
+
 def test_manifest_and_file_pairs_give_the_same_moments(tmp_path):
     folder = ego4d_folder(tmp_path / "e")
     pair = load_moments([f"{folder / 'clip.csv'}+{VIDEO}"], 100_000, 100_000)

@@ -21,6 +21,7 @@ fresh projector (LLaSA's layout), or none with ``--no-imu``. Also the generic tr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -277,7 +278,11 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
         if vocab != want:
             raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
                              f"is {want}; distillation needs one vocabulary")
-        if read_json(folder / "config.json").get("model_type", "llama").startswith("llava"):
+        kind = read_json(folder / "config.json").get("model_type", "llama")
+        if kind.startswith("sensorllm"):
+            raise ValueError(f"--draft-init {folder}: a SensorLLM folder ({kind}); not supported yet as an "
+                             "initialisation: expected target:K or a LLaMA/LLaSA folder")
+        if kind.startswith("llava"):
             from .models.llasa import LLaSA
 
             dec = LLaSA.from_pretrained(folder).decoder
@@ -492,6 +497,7 @@ def check_out(out: Path, resume: bool) -> dict | None:
 def distill(target_folder: Path, data: list[str] | None, queries_file: Path, init: str, imu_encoder: str | None,
             no_imu: bool, cfg: DistillConfig, out: Path, resume: bool = False) -> dict:
     """The whole pipeline into ``out``; returns (and writes) ``out/distill.json``."""
+    from .checkpoint import read_json
     from .families import model_type, open_target
     from .moments import load_moments, read_queries, text_moments
 
@@ -509,9 +515,6 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     queries = read_queries(queries_file)
     kind = model_type(target_folder)
     text_target = kind not in ("EventChat_llama", "video_llava")
-    if kind == "video_llava":
-        raise ValueError(f"--target {target_folder}: Video-LLaVA targets are not supported by distill yet; "
-                         "EventGPT and text-only LLaMA targets are")
     if text_target and data:
         raise ValueError(f"--target {target_folder} is a text-only LLaMA: it reads no recordings; drop --data")
     if not text_target and not data:
@@ -525,6 +528,10 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg.imu_points,
                            cfg.seed)
     moments = text_moments(queries) if text_target else load_moments(data, cfg.window_us, cfg.hop_us or cfg.window_us)
+    if kind == "video_llava" and any(m.video is None for m in moments):
+        bad = next(m for m in moments if m.video is None)
+        raise ValueError(f"--target {target_folder} is Video-LLaVA: it sees video frames, and --data {bad.recording} "
+                         "has none; expected IMU+VIDEO, an Ego4D folder or a manifest with 'video'")
     seconds = {"setup": time.perf_counter() - t_start}  # the target, the draft initialisation, the moments
     train_m, held_m, how = split(moments, cfg.holdout, cfg.seed)
     items = [(m, q) for m in sorted(train_m + held_m) for q in moments[m].queries(queries)]
@@ -554,12 +561,22 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
               "items": {"train": len(train_i), "heldout": len(held_i)}, "heldout_items": [items[i] for i in held_i],
               "seconds": seconds}
 
+    @functools.lru_cache(maxsize=1)  # a moment's items come one after another
+    def frames(m: int) -> Tensor:
+        """Video-LLaVA's 8 frames, as shown over the moment's window (not over the whole video)."""
+        from .models.videollava import N_FRAMES
+        from .moments import window_frames
+        from .video import video_pixels
+
+        s, size = moments[m].sample, read_json(target_folder / "config.json").get("vision_config", {}).get("image_size")
+        return video_pixels(window_frames(moments[m].video, s.t0_us, s.t1_us, N_FRAMES), size or 224)
+
     def target_prompt(i: int) -> Tensor:
         m, q = items[i]
         s = moments[m].sample
         if s is None:
             return torch.tensor(text_prompt_ids(target.tokenizer, q), device=device)
-        return target.embed(q, s.events)
+        return target.embed(q, frames(m) if kind == "video_llava" else s.events)
 
     report["teacher"] = run_teacher(target, target_prompt, len(items), out, cfg.shard_size, cfg.max_new_tokens, cfg.top_k,
                                     cfg.teacher_batch)
@@ -648,7 +665,8 @@ def _copy(decoder: Decoder) -> Decoder:
 
 
 def add_distill_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="the target: an EventGPT checkpoint or a text-only LLaMA folder")
+    p.add_argument("--target", required=True, help="the target: an EventGPT or Video-LLaVA checkpoint (the frames of "
+                   "each window) or a text-only LLaMA folder")
     p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
                    "manifests, world:N; none for a text-only target (each query a moment)")
     p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")

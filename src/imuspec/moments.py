@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from .events.stream import EventStream
 from .imu.recording import IMURecording
@@ -43,6 +45,7 @@ class Moment:
     sample: PairedSample | None  # None: a text-only moment
     query: str | None = None  # the manifest's own question; None: every query of the query file
     extra: tuple[str, ...] = ()  # asked besides (Ego4D narrations at the moment's time)
+    video: str | None = None  # the video the window comes from, whose frames a Video-LLaVA target sees
 
     def queries(self, common: list[str]) -> list[str]:
         """What the target is asked about this moment."""
@@ -97,19 +100,39 @@ def _untag(text: str) -> str:
     return " ".join(w for w in text.split() if not w.startswith("#")).strip()
 
 
-def _with_narrations(v: Path, samples: list[PairedSample], narr: dict[str, list[tuple[float, str]]]) -> list[Moment]:
+def _with_narrations(v: Path, moments: list[Moment], narr: dict[str, list[tuple[float, str]]]) -> list[Moment]:
     said = narr.get(v.stem, [])
-    return [Moment(str(v), s, None, tuple(dict.fromkeys(t for ts, t in said if t and s.t0_us <= ts * 1e6 < s.t1_us)))
-            for s in samples]
+    return [replace(m, extra=tuple(dict.fromkeys(t for ts, t in said if t and m.sample.t0_us <= ts * 1e6 < m.sample.t1_us)))
+            for m in moments]
 
 
-def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[PairedSample]:
+def window_frames(video: str | Path, t0_us: int, t1_us: int, n: int) -> np.ndarray:
+    """RGB frames [n, H, W, 3] a viewer sees at ``n`` evenly spaced instants of [t0_us, t1_us) (bin centres): at each,
+    the last frame shown by then (the first frame before the video's first). Decodes the video up to ``t1_us``."""
+    from .video import iter_frames
+
+    at = t0_us + (np.arange(n) + 0.5) * (t1_us - t0_us) / n
+    times, frames = [], []
+    for t, frame in iter_frames(video):
+        if t * 1e6 > at[-1] and frames:
+            break
+        if not times or t * 1e6 <= at[0]:
+            times, frames = [], []  # frames before the window's first instant: only the last matters
+        times.append(t * 1e6)
+        frames.append(frame)
+    idx = np.clip(np.searchsorted(np.array(times), at, side="right") - 1, 0, len(frames) - 1)
+    return np.stack([frames[i] for i in idx])
+
+
+def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[Moment]:
     from .events import read_events
     from .imu import read_imu
 
     imu: IMURecording = read_imu(imu_path)
-    events = _video_events(other, imu.t[-1] * 1e6) if other.suffix.lower() in VIDEO else read_events(other)
-    return windows(imu, events, window_us, hop_us, f"{imu_path}+{other}")
+    video = other.suffix.lower() in VIDEO
+    events = _video_events(other, imu.t[-1] * 1e6) if video else read_events(other)
+    return [Moment(str(other) if video else f"{imu_path}+{other}", s, video=str(other) if video else None)
+            for s in windows(imu, events, window_us, hop_us, f"{imu_path}+{other}")]
 
 
 def _no_imu(path: Path) -> DataError:
@@ -134,7 +157,8 @@ def _manifest(path: Path) -> list[Moment]:
             raise DataError(f"{where}: give exactly one of 'events' or 'video'")
         ev = path.parent / m["events"] if "events" in m else None
         video = path.parent / m["video"] if "video" in m else None
-        out.append(Moment(str(imu), from_files(imu, t0, t1, events=ev, video=video), m.get("query")))
+        out.append(Moment(str(imu), from_files(imu, t0, t1, events=ev, video=video), m.get("query"),
+                          video=None if video is None else str(video)))
     return out
 
 
@@ -153,7 +177,7 @@ def _one(spec: str, window_us: int, hop_us: int) -> list[Moment]:
         for p in (imu, other):
             if not p.exists():
                 raise DataError(f"--data {spec}: {p}: file not found")
-        return [Moment(spec, s) for s in _pair_files(imu, other, window_us, hop_us)]
+        return [replace(m, recording=spec) for m in _pair_files(imu, other, window_us, hop_us)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {path}: file not found")
