@@ -59,16 +59,13 @@ class GenerationConfig:
         return self.adapt or "auto" in (self.gamma, self.tree)
 
     def shapes(self) -> list[TreeShape]:
-        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
-        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
-        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
-        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
+        """The shapes a step may take: one, or the candidates that adaptive sizing chooses among."""
+        chains = [TreeShape.chain(g, self.confidence) for g in (AUTO_GAMMAS if self.gamma == "auto" else [self.gamma])]
         if self.tree is None:
             return chains
         if self.tree == "auto":
             return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
-        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
-        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
+        return [self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)]
 
     @property
     def draft_slots(self) -> int:
