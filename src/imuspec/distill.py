@@ -4,7 +4,9 @@ Stages, each resumable, all under ``torchrun`` (DDP):
 
 1. ``moments`` (:mod:`imuspec.moments`): recordings → sliding windows; the held-out split goes by recording (by time,
    with a window's gap, when there is only one).
-2. ``teacher``: the target answers every (moment, query) greedily; at every answer position its top-k probabilities
+2. ``teacher``: the target (EventGPT: the window's events; Video-LLaVA: the 8 frames shown over the window; a text
+   LLaMA: the query alone) answers every (moment, query) greedily, ``--teacher-batch`` items at once
+   (:func:`~imuspec.speculative.generate_batch`); at every answer position its top-k probabilities
    and the remaining mass are stored, ``6k + 6`` bytes a token (int32 ids, fp16 probabilities, fp16 rest, int32
    token), in shards of ``--shard-size`` items written atomically: a killed run recomputes no finished shard. Ranks
    take shards ``rank::world``.
@@ -14,7 +16,8 @@ Stages, each resumable, all under ``torchrun`` (DDP):
 
 Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
 head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, cut), plus an IMU encoder and a
-fresh projector (LLaSA's layout), or none with ``--no-imu``. Also the generic training pieces the world's recipe
+fresh projector (LLaSA's layout; ``--imu-span-us``: the IMU span ending with each window, kept in its
+``config.json``), or none with ``--no-imu``. Also the generic training pieces the world's recipe
 (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
 
