@@ -210,7 +210,7 @@ def test_video_llava_target_sees_the_frames_of_each_window(tmp_path, queries):
     from test_videollava import tiny_checkpoint
 
     from imuspec.models.videollava import N_FRAMES
-    from imuspec.moments import window_frames
+    from imuspec.moments import WindowFrames
     from imuspec.video import iter_frames, video_pixels
 
     folder = ego4d_folder(tmp_path / "e")
@@ -223,7 +223,11 @@ def test_video_llava_target_sees_the_frames_of_each_window(tmp_path, queries):
     target = open_target(target_dir)
     moments = load_moments(data, cfg.window_us, cfg.hop_us)
     s = moments[1].sample
-    shown = window_frames(VIDEO, s.t0_us, s.t1_us, N_FRAMES)
+    shown = WindowFrames(N_FRAMES)(VIDEO, s.t0_us, s.t1_us)
+    cursor = WindowFrames(N_FRAMES)  # one pass forward, and back: each window's frames as a fresh decode's
+    for m in [*moments, moments[0]]:
+        w = (VIDEO, m.sample.t0_us, m.sample.t1_us)
+        np.testing.assert_array_equal(cursor(*w), WindowFrames(N_FRAMES)(*w))
     times = [t for t, _ in iter_frames(VIDEO)][:20]
     first = max(i for i, t in enumerate(times) if t * 1e6 <= s.t0_us + (s.t1_us - s.t0_us) / 16)
     np.testing.assert_array_equal(shown[0], list(iter_frames(VIDEO))[first][1])

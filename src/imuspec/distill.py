@@ -500,7 +500,6 @@ def check_out(out: Path, resume: bool) -> dict | None:
 def distill(target_folder: Path, data: list[str] | None, queries_file: Path, init: str, imu_encoder: str | None,
             no_imu: bool, cfg: DistillConfig, out: Path, resume: bool = False) -> dict:
     """The whole pipeline into ``out``; returns (and writes) ``out/distill.json``."""
-    from .checkpoint import read_json
     from .families import model_type, open_target
     from .moments import load_moments, read_queries, text_moments
 
@@ -564,15 +563,20 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
               "items": {"train": len(train_i), "heldout": len(held_i)}, "heldout_items": [items[i] for i in held_i],
               "seconds": seconds}
 
-    @functools.lru_cache(maxsize=1)  # a moment's items come one after another
-    def frames(m: int) -> Tensor:
-        """Video-LLaVA's 8 frames, as shown over the moment's window (not over the whole video)."""
+    if kind == "video_llava":
         from .models.videollava import N_FRAMES
-        from .moments import window_frames
+        from .moments import WindowFrames
         from .video import video_pixels
 
-        s, size = moments[m].sample, read_json(target_folder / "config.json").get("vision_config", {}).get("image_size")
-        return video_pixels(window_frames(moments[m].video, s.t0_us, s.t1_us, N_FRAMES), size or 224)
+        from transformers import VideoLlavaConfig
+
+        shown, size = WindowFrames(N_FRAMES), VideoLlavaConfig.from_pretrained(target_folder).vision_config.image_size
+
+    @functools.lru_cache(maxsize=1)  # a moment's items come one after another, its windows in time order
+    def frames(m: int) -> Tensor:
+        """Video-LLaVA's 8 frames, as shown over the moment's window (not over the whole video)."""
+        s = moments[m].sample
+        return video_pixels(shown(moments[m].video, s.t0_us, s.t1_us), size)
 
     def target_prompt(i: int) -> Tensor:
         m, q = items[i]

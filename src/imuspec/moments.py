@@ -106,22 +106,27 @@ def _with_narrations(v: Path, moments: list[Moment], narr: dict[str, list[tuple[
             for m in moments]
 
 
-def window_frames(video: str | Path, t0_us: int, t1_us: int, n: int) -> np.ndarray:
-    """RGB frames [n, H, W, 3] a viewer sees at ``n`` evenly spaced instants of [t0_us, t1_us) (bin centres): at each,
-    the last frame shown by then (the first frame before the video's first). Decodes the video up to ``t1_us``."""
-    from .video import iter_frames
+class WindowFrames:
+    """The RGB frames [n, H, W, 3] a viewer sees at ``n`` evenly spaced instants of a window (bin centres): at each,
+    the last frame shown by then (the video's first before it). Windows that move forward through a video decode it
+    once, holding two frames; a window before the last, or another video, starts that video again."""
 
-    at = t0_us + (np.arange(n) + 0.5) * (t1_us - t0_us) / n
-    times, frames = [], []
-    for t, frame in iter_frames(video):
-        if t * 1e6 > at[-1] and frames:
-            break
-        if not times or t * 1e6 <= at[0]:
-            times, frames = [], []  # frames before the window's first instant: only the last matters
-        times.append(t * 1e6)
-        frames.append(frame)
-    idx = np.clip(np.searchsorted(np.array(times), at, side="right") - 1, 0, len(frames) - 1)
-    return np.stack([frames[i] for i in idx])
+    def __init__(self, n: int):
+        self.n, self.video, self.prev, self.next = n, None, None, None
+
+    def __call__(self, video: str | Path, t0_us: int, t1_us: int) -> np.ndarray:
+        from .video import iter_frames
+
+        at = t0_us + (np.arange(self.n) + 0.5) * (t1_us - t0_us) / self.n
+        if str(video) != self.video or (self.prev is not None and self.prev[0] * 1e6 > at[0]):
+            self.video, self.frames, self.prev = str(video), iter_frames(video), None
+            self.next = next(self.frames)
+        out = []
+        for a in at:
+            while self.next is not None and self.next[0] * 1e6 <= a:
+                self.prev, self.next = self.next, next(self.frames, None)
+            out.append((self.prev or self.next)[1])
+        return np.stack(out)
 
 
 def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[Moment]:
