@@ -711,6 +711,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     c = read_json(Path(a.target) / "config.json")
+    c = c.get("text_config", c)  # Video-LLaVA's LLM
     set_threads(a.threads, 12 * c.get("hidden_size", 0) ** 2 * c.get("num_hidden_layers", 0))  # ~ the target's step
     cfg = DistillConfig(a.window_us, a.hop_us, a.holdout, a.loss, a.top_k, a.epochs, a.batch, a.lr, a.max_new_tokens,
                         a.imu_points, a.shard_size, a.seed, a.imu_span_us, a.teacher_batch)
