@@ -4,7 +4,9 @@ Stages, each resumable, all under ``torchrun`` (DDP):
 
 1. ``moments`` (:mod:`imuspec.moments`): recordings → sliding windows; the held-out split goes by recording (by time,
    with a window's gap, when there is only one).
-2. ``teacher``: the target answers every (moment, query) greedily; at every answer position its top-k probabilities
+2. ``teacher``: the target (EventGPT: the window's events; Video-LLaVA: the 8 frames shown over the window; a text
+   LLaMA: the query alone) answers every (moment, query) greedily, ``--teacher-batch`` items at once
+   (:func:`~imuspec.speculative.generate_batch`); at every answer position its top-k probabilities
    and the remaining mass are stored, ``6k + 6`` bytes a token (int32 ids, fp16 probabilities, fp16 rest, int32
    token), in shards of ``--shard-size`` items written atomically: a killed run recomputes no finished shard. Ranks
    take shards ``rank::world``.
@@ -14,13 +16,15 @@ Stages, each resumable, all under ``torchrun`` (DDP):
 
 Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
 head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, cut), plus an IMU encoder and a
-fresh projector (LLaSA's layout), or none with ``--no-imu``. Also the generic training pieces the world's recipe
+fresh projector (LLaSA's layout; ``--imu-span-us``: the IMU span ending with each window, kept in its
+``config.json``), or none with ``--no-imu``. Also the generic training pieces the world's recipe
 (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -277,7 +281,11 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
         if vocab != want:
             raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
                              f"is {want}; distillation needs one vocabulary")
-        if read_json(folder / "config.json").get("model_type", "llama").startswith("llava"):
+        kind = read_json(folder / "config.json").get("model_type", "llama")
+        if kind.startswith("sensorllm"):
+            raise ValueError(f"--draft-init {folder}: a SensorLLM folder ({kind}); not supported yet as an "
+                             "initialisation: expected target:K or a LLaMA/LLaSA folder")
+        if kind.startswith("llava"):
             from .models.llasa import LLaSA
 
             dec = LLaSA.from_pretrained(folder).decoder
@@ -298,15 +306,15 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     return DraftModel(lm, enc, build_projector("mlp2x_gelu", enc.config.hidden, c.hidden_size)), c
 
 
-def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) -> None:
-    """LLaSA's layout (an IMU draft) or a LLaMA folder: what ``generate --draft`` loads."""
+def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path, imu_span_us: int | None = None) -> None:
+    """LLaSA's layout (an IMU draft, with the IMU span it reads) or a LLaMA folder: what ``generate --draft`` loads."""
     from .checkpoint import save_decoder
     from .models.llasa import LLaSA
 
     decoder = decoder_from(model.lm, c)
     tmp = folder.with_name(folder.name + ".tmp")
     if model.encoder is not None:
-        LLaSA(decoder, model.projector, model.encoder, tok).save_pretrained(tmp, "mlp2x_gelu")
+        LLaSA(decoder, model.projector, model.encoder, tok).save_pretrained(tmp, "mlp2x_gelu", imu_span_us)
     else:
         save_decoder(decoder, tmp, tok)
     if folder.exists():
@@ -340,27 +348,34 @@ def _shard_path(out: Path, j: int) -> Path:
     return out / "teacher" / f"shard-{j:05d}.safetensors"
 
 
-@torch.no_grad()
-def teacher_item(target, prompt: Tensor, max_new_tokens: int, eos: tuple[int, ...], k: int):
-    """The target's greedy answer to one prompt (ids or embeddings) and its top-k probabilities + rest along it."""
-    from .speculative import GenerationConfig, generate
+@torch.inference_mode()  # as generate_batch leaves the cache
+def teacher_items(target, prompts: list[Tensor], max_new_tokens: int, eos: tuple[int, ...], k: int):
+    """The target's greedy answers to ``prompts`` (ids or embeddings), decoded as one batch
+    (:func:`~imuspec.speculative.generate_batch`: each row's tokens are those it gets alone), and per answer its
+    top-k probabilities + rest, teacher-forced one item at a time (a single forward each, so exactly batch 1's)."""
+    from .speculative import GenerationConfig, generate_batch
 
     dec = target.decoder
-    if dec.max_len < len(prompt) + max_new_tokens + 1:
-        dec.setup_cache(len(prompt) + max_new_tokens + 1)
-    dec.rollback(0)
-    tokens = generate(dec, prompt, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=eos)).tokens
-    dec.rollback(0)
-    x = prompt if prompt.is_floating_point() else dec.embed(prompt.to(dec.device))
-    x = torch.cat([x.to(dec.dtype), dec.embed(torch.tensor(tokens[:-1], dtype=torch.long, device=dec.device))])
-    p = torch.softmax(dec(embeds=x[None])[0, len(prompt) - 1:].float(), -1)
-    top = p.topk(min(k, p.shape[-1]), -1)
-    rest = (1 - top.values.sum(-1)).clamp_min(0)
-    return tokens, top.indices.int().cpu(), top.values.half().cpu(), rest.half().cpu()
+    need = max(len(p) for p in prompts) + max_new_tokens + 1
+    if dec.max_len < need:
+        dec.setup_cache(need)
+    answers = [g.tokens for g in generate_batch(dec, prompts, GenerationConfig(max_new_tokens, eos_token_ids=eos))]
+    rows = []
+    for prompt, tokens in zip(prompts, answers):
+        dec.rollback(0)
+        x = prompt if prompt.is_floating_point() else dec.embed(prompt.to(dec.device))
+        x = torch.cat([x.to(dec.dtype), dec.embed(torch.tensor(tokens[:-1], dtype=torch.long, device=dec.device))])
+        p = torch.softmax(dec(embeds=x[None])[0, len(prompt) - 1:].float(), -1)
+        top = p.topk(min(k, p.shape[-1]), -1)
+        rest = (1 - top.values.sum(-1)).clamp_min(0)
+        rows.append((tokens, top.indices.int().cpu(), top.values.half().cpu(), rest.half().cpu()))
+    return rows
 
 
-def run_teacher(target, prompt_of, n_items: int, out: Path, shard_size: int, max_new_tokens: int, k: int) -> dict:
-    """Every item through the target, in shards (ranks take shards rank::world); finished shards are kept."""
+def run_teacher(target, prompt_of, n_items: int, out: Path, shard_size: int, max_new_tokens: int, k: int,
+                batch: int = 1) -> dict:
+    """Every item through the target, in shards (ranks take shards rank::world), ``batch`` items of a shard decoded
+    at once; finished shards are kept."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -372,10 +387,11 @@ def run_teacher(target, prompt_of, n_items: int, out: Path, shard_size: int, max
     bar = tqdm(total=todo, desc="teacher", unit="item", disable=rank() != 0)
     t0, n_tok = time.perf_counter(), 0
     for j in mine:
-        rows = []
-        for i in range(j * shard_size, min(n_items, (j + 1) * shard_size)):
-            rows.append(teacher_item(target, prompt_of(i), max_new_tokens, eos, k))
-            bar.update(1)
+        rows, todo_j = [], range(j * shard_size, min(n_items, (j + 1) * shard_size))
+        for a in range(0, len(todo_j), batch):
+            group = todo_j[a:a + batch]
+            rows += teacher_items(target, [prompt_of(i) for i in group], max_new_tokens, eos, k)
+            bar.update(len(group))
         lengths = [len(r[0]) for r in rows]
         n_tok += sum(lengths)
         path = _shard_path(out, j)
@@ -390,7 +406,7 @@ def run_teacher(target, prompt_of, n_items: int, out: Path, shard_size: int, max
     barrier()
     return {"shards": len(shards), "shards_done_before": done_before, "shards_computed": len(shards) - done_before,
             "seconds": seconds, "tokens_computed": n_tok, "tokens_per_s": n_tok / seconds if seconds > 0 and n_tok else None,
-            "bytes_per_token": 6 * k + 6}
+            "bytes_per_token": 6 * k + 6, "batch": batch}
 
 
 def load_teacher(out: Path, n_items: int, shard_size: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -456,6 +472,8 @@ class DistillConfig:
     imu_points: int = 40  # LIMU-BERT positions over the window (a DAVIS IMU gives ~40 samples in 50 ms)
     shard_size: int = 16
     seed: int = 0
+    imu_span_us: int | None = None  # the IMU span ending with each window (default: the window itself)
+    teacher_batch: int = 1  # items the target answers at once
 
 
 def _rss_mb() -> float:
@@ -485,15 +503,17 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     t_start = time.perf_counter()
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss {cfg.loss}: expected one of {LOSSES}")
+    if cfg.teacher_batch < 1:
+        raise ValueError(f"--teacher-batch {cfg.teacher_batch}: expected at least 1")
+    if cfg.imu_span_us is not None and cfg.imu_span_us < cfg.window_us:
+        raise ValueError(f"--imu-span-us {cfg.imu_span_us}: shorter than --window-us {cfg.window_us}; expected a span "
+                         "at least the window (it ends with the window)")
     previous = check_out(out, resume)
     if previous and previous.get("finished"):
         return previous
     queries = read_queries(queries_file)
     kind = model_type(target_folder)
     text_target = kind not in ("EventChat_llama", "video_llava")
-    if kind == "video_llava":
-        raise ValueError(f"--target {target_folder}: Video-LLaVA targets are not supported by distill yet; "
-                         "EventGPT and text-only LLaMA targets are")
     if text_target and data:
         raise ValueError(f"--target {target_folder} is a text-only LLaMA: it reads no recordings; drop --data")
     if not text_target and not data:
@@ -507,9 +527,13 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg.imu_points,
                            cfg.seed)
     moments = text_moments(queries) if text_target else load_moments(data, cfg.window_us, cfg.hop_us or cfg.window_us)
+    if kind == "video_llava" and any(m.video is None for m in moments):
+        bad = next(m for m in moments if m.video is None)
+        raise ValueError(f"--target {target_folder} is Video-LLaVA: it sees video frames, and --data {bad.recording} "
+                         "has none; expected IMU+VIDEO, an Ego4D folder or a manifest with 'video'")
     seconds = {"setup": time.perf_counter() - t_start}  # the target, the draft initialisation, the moments
     train_m, held_m, how = split(moments, cfg.holdout, cfg.seed)
-    items = [(m, q) for m in sorted(train_m + held_m) for q in ([moments[m].query] if moments[m].query else queries)]
+    items = [(m, q) for m in sorted(train_m + held_m) for q in moments[m].queries(queries)]
     where = {m: "train" for m in train_m} | {m: "heldout" for m in held_m}
     train_i = [i for i, (m, _) in enumerate(items) if where[m] == "train"]
     held_i = [i for i, (m, _) in enumerate(items) if where[m] == "heldout"]
@@ -536,14 +560,30 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
               "items": {"train": len(train_i), "heldout": len(held_i)}, "heldout_items": [items[i] for i in held_i],
               "seconds": seconds}
 
+    if kind == "video_llava":
+        from .models.videollava import N_FRAMES
+        from .moments import WindowFrames
+        from .video import video_pixels
+
+        from transformers import VideoLlavaConfig
+
+        shown, size = WindowFrames(N_FRAMES), VideoLlavaConfig.from_pretrained(target_folder).vision_config.image_size
+
+    @functools.lru_cache(maxsize=1)  # a moment's items come one after another, its windows in time order
+    def frames(m: int) -> Tensor:
+        """Video-LLaVA's 8 frames, as shown over the moment's window (not over the whole video)."""
+        s = moments[m].sample
+        return video_pixels(shown(moments[m].video, s.t0_us, s.t1_us), size)
+
     def target_prompt(i: int) -> Tensor:
         m, q = items[i]
         s = moments[m].sample
         if s is None:
             return torch.tensor(text_prompt_ids(target.tokenizer, q), device=device)
-        return target.embed(q, s.events)
+        return target.embed(q, frames(m) if kind == "video_llava" else s.events)
 
-    report["teacher"] = run_teacher(target, target_prompt, len(items), out, cfg.shard_size, cfg.max_new_tokens, cfg.top_k)
+    report["teacher"] = run_teacher(target, target_prompt, len(items), out, cfg.shard_size, cfg.max_new_tokens, cfg.top_k,
+                                    cfg.teacher_batch)
     seconds["teacher"] = report["teacher"]["seconds"]
     report["peak_rss_mb"] = {"teacher": _rss_mb()}
     teacher = load_teacher(out, len(items), cfg.shard_size)
@@ -552,8 +592,8 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
 
     tok = Tokenizer(target_folder)
     prompts = [draft_prompt_ids(tok, q, imu, text_target) for _, q in items]
-    sensor = torch.from_numpy(np.stack([moments[m].sample.imu_input(cfg.imu_points) for m, _ in items])).float() \
-        if imu else None
+    sensor = torch.from_numpy(np.stack([moments[m].sample.imu_input(cfg.imu_points, cfg.imu_span_us)
+                                        for m, _ in items])).float() if imu else None
     ans, lengths = pad([t[0].tolist() for t in teacher], tok.eos_id, "cpu")
     T, k = ans.shape[1], teacher[0][1].shape[1]
     ids = torch.zeros(len(items), T, k, dtype=torch.int32)
@@ -590,7 +630,7 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
         best = len(history) - 1 if better else best
         if rank() == 0:
             if better:
-                save_draft(draft, c, tok, out / "draft")
+                save_draft(draft, c, tok, out / "draft", cfg.imu_span_us)
             torch.save({"model": draft.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "losses": losses,
                         "history": history, "best": best}, ckpt.with_suffix(".tmp"))
             os.replace(ckpt.with_suffix(".tmp"), ckpt)
@@ -629,7 +669,8 @@ def _copy(decoder: Decoder) -> Decoder:
 
 
 def add_distill_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="the target: an EventGPT checkpoint or a text-only LLaMA folder")
+    p.add_argument("--target", required=True, help="the target: an EventGPT or Video-LLaVA checkpoint (the frames of "
+                   "each window) or a text-only LLaMA folder")
     p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
                    "manifests, world:N; none for a text-only target (each query a moment)")
     p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")
@@ -647,8 +688,13 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=d.batch, help="global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="longest teacher answer")
-    p.add_argument("--imu-points", type=int, default=d.imu_points, help="LIMU-BERT positions over the window")
+    p.add_argument("--imu-points", type=int, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
+    p.add_argument("--imu-span-us", type=int, help="the draft's IMU span (µs) ending with each window, at least the "
+                   "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
+                   "Where a recording began later, the span from its start")
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="teacher items per shard file")
+    p.add_argument("--teacher-batch", type=int, default=d.teacher_batch, help="items the target answers at once "
+                   "(batched greedy decoding within a shard; the same answers as one at a time)")
     p.add_argument("--seed", type=int, default=d.seed, help="held-out split, batch order, fresh projector")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
                    "set, else by the target's size)")
@@ -662,9 +708,10 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     c = read_json(Path(a.target) / "config.json")
+    c = c.get("text_config", c)  # Video-LLaVA's LLM
     set_threads(a.threads, 12 * c.get("hidden_size", 0) ** 2 * c.get("num_hidden_layers", 0))  # ~ the target's step
     cfg = DistillConfig(a.window_us, a.hop_us, a.holdout, a.loss, a.top_k, a.epochs, a.batch, a.lr, a.max_new_tokens,
-                        a.imu_points, a.shard_size, a.seed)
+                        a.imu_points, a.shard_size, a.seed, a.imu_span_us, a.teacher_batch)
     r = distill(Path(a.target), a.data, Path(a.queries), a.draft_init, a.imu_encoder, a.no_imu, cfg, Path(a.out), a.resume)
     if rank() == 0:
         h = r["heldout_alpha"]

@@ -7,7 +7,8 @@ prompts any number of inputs; :func:`load_target` / :func:`load_draft` do both f
 memory), as ``imuspec generate`` needs.
 
 IMU drafts and time windows: the project's trained LLaSA-family drafts (``config.json`` has ``limu_bert``) read a
-paired sample's window as ``imu_encoder.config.seq_len`` points (:meth:`PairedSample.imu_input`); the original
+paired sample's window (or the ``imu_span_us`` of ``config.json`` that end with it) as ``imu_encoder.config.seq_len``
+points (:meth:`PairedSample.imu_input`); the original
 LLaSA, OneLLM and SensorLLM checkpoints read their usual input (LLaSA 6 s, OneLLM 2 s, SensorLLM the recording)
 starting at the window's start, which fails if the recording is too short for them.
 """
@@ -114,9 +115,12 @@ def _from_start(x: IMURecording | PairedSample) -> IMURecording:
     return starting_at(x.imu, x.t0_us * 1e-6) if isinstance(x, PairedSample) else x
 
 
-def _span(x: IMURecording | PairedSample, n: int) -> np.ndarray:
-    """What a trained draft reads: the window (a whole recording: its span) as ``n`` points."""
-    return x.imu_input(n) if isinstance(x, PairedSample) else span_input(x, x.t[0], x.t[-1], n)
+def _span(x: IMURecording | PairedSample, n: int, span_us: int | None = None) -> np.ndarray:
+    """What a trained draft reads: the window, or the ``span_us`` ending with it (a whole recording: its span, or
+    its last ``span_us``), as ``n`` points."""
+    if isinstance(x, PairedSample):
+        return x.imu_input(n, span_us)
+    return span_input(x, x.t[0] if span_us is None else max(x.t[0], x.t[-1] - span_us * 1e-6), x.t[-1], n)
 
 
 def open_draft(folder: str | Path, template: str | None, tokenizer: Tokenizer, imu_encoder: str | Path | None = None,
@@ -157,9 +161,10 @@ def _open_draft(folder: Path, template, tokenizer, imu_encoder, chronos, tokeniz
     from .models.llasa import LLaSA
 
     m = LLaSA.from_pretrained(folder, imu_encoder=imu_encoder, dtype=dtype, device=device)
-    if "limu_bert" in read_json(folder / "config.json"):
-        n = m.imu_encoder.config.seq_len
-        return Family(m.decoder, m.tokenizer or tokenizer, lambda q, x: m.prompt_embeds(q, _span(x, n)), kind)
+    config = read_json(folder / "config.json")
+    if "limu_bert" in config:
+        n, span = m.imu_encoder.config.seq_len, config.get("imu_span_us")
+        return Family(m.decoder, m.tokenizer or tokenizer, lambda q, x: m.prompt_embeds(q, _span(x, n, span)), kind)
     return Family(m.decoder, m.tokenizer or tokenizer, lambda q, x: m.prompt_embeds(q, _from_start(x)), kind)
 
 

@@ -7,6 +7,10 @@ nothing at all (each query is then a moment of its own). ``--data`` takes any mi
 - ``IMU+EVENTS`` / ``IMU+VIDEO`` (joined by ``+``): an IMU file and an event file or a video on one clock (a video's
   frames become events through the simulator), sliding windows;
 - ``DIR`` in the Ego4D layout: ``{video_uid}.mp4`` beside ``{video_uid}.csv`` (Ego4D's IMU CSV), sliding windows;
+  with Ego4D's ``narration.json`` there (``{video_uid: {"narration_pass_1": {"narrations": [{"timestamp_sec",
+  "narration_text"}]}}}``, every ``narration_pass_*``), each narration is an extra query of every window of its video
+  that holds its time (``t0 <= timestamp_sec < t1`` on the video's clock), its text without Ego4D's ``#C``/``#O``
+  tags, asked beside the query file's;
 - ``FILE.jsonl``: a manifest, one moment a line ``{"imu", "events"|"video", "t0_us", "t1_us", "query"?}`` (paths
   relative to the manifest), the moment's own query replacing the query file's;
 - ``world:N``: N samples of the synthetic world (seeds 0..N-1), each its own recording.
@@ -19,8 +23,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from .events.stream import EventStream
 from .imu.recording import IMURecording
@@ -38,6 +44,12 @@ class Moment:
     recording: str  # what the held-out split groups by
     sample: PairedSample | None  # None: a text-only moment
     query: str | None = None  # the manifest's own question; None: every query of the query file
+    extra: tuple[str, ...] = ()  # asked besides (Ego4D narrations at the moment's time)
+    video: str | None = None  # the video the window comes from, whose frames a Video-LLaVA target sees
+
+    def queries(self, common: list[str]) -> list[str]:
+        """What the target is asked about this moment."""
+        return ([self.query] if self.query else common) + [q for q in self.extra if q not in common]
 
 
 def read_queries(path: str | Path) -> list[str]:
@@ -66,13 +78,66 @@ def _video_events(video: Path, until_us: float) -> EventStream:
     return simulate(_until(frames_from_video(video), until_us), source=str(video))
 
 
-def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[PairedSample]:
+NARRATIONS = "narration.json"
+
+
+def _narrations(path: Path) -> dict[str, list[tuple[float, str]]]:
+    """Ego4D's narration file: per video_uid, (timestamp_sec, text without the ``#C``-style tags) of every pass."""
+    try:
+        data = json.loads(path.read_text())
+        out = {}
+        for uid, v in data.items():
+            rows = [n for k, p in v.items() if k.startswith("narration_pass") for n in p["narrations"]]
+            out[uid] = [(float(n["timestamp_sec"]), _untag(str(n["narration_text"]))) for n in rows]
+        return out
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        raise DataError(f"--data {path}: expected Ego4D's narrations, {{video_uid: {{\"narration_pass_1\": "
+                        "{\"narrations\": [{\"timestamp_sec\": ..., \"narration_text\": ...}]}}}") from None
+
+
+def _untag(text: str) -> str:
+    """'#C C opens the door' -> 'C opens the door' (Ego4D marks the camera wearer #C, others #O)."""
+    return " ".join(w for w in text.split() if not w.startswith("#")).strip()
+
+
+def _with_narrations(v: Path, moments: list[Moment], narr: dict[str, list[tuple[float, str]]]) -> list[Moment]:
+    said = narr.get(v.stem, [])
+    return [replace(m, extra=tuple(dict.fromkeys(t for ts, t in said if t and m.sample.t0_us <= ts * 1e6 < m.sample.t1_us)))
+            for m in moments]
+
+
+class WindowFrames:
+    """The RGB frames [n, H, W, 3] a viewer sees at ``n`` evenly spaced instants of a window (bin centres): at each,
+    the last frame shown by then (the video's first before it). Windows that move forward through a video decode it
+    once, holding two frames; a window before the last, or another video, starts that video again."""
+
+    def __init__(self, n: int):
+        self.n, self.video, self.prev, self.next = n, None, None, None
+
+    def __call__(self, video: str | Path, t0_us: int, t1_us: int) -> np.ndarray:
+        from .video import iter_frames
+
+        at = t0_us + (np.arange(self.n) + 0.5) * (t1_us - t0_us) / self.n
+        if str(video) != self.video or (self.prev is not None and self.prev[0] * 1e6 > at[0]):
+            self.video, self.frames, self.prev = str(video), iter_frames(video), None
+            self.next = next(self.frames)
+        out = []
+        for a in at:
+            while self.next is not None and self.next[0] * 1e6 <= a:
+                self.prev, self.next = self.next, next(self.frames, None)
+            out.append((self.prev or self.next)[1])
+        return np.stack(out)
+
+
+def _pair_files(imu_path: Path, other: Path, window_us: int, hop_us: int) -> list[Moment]:
     from .events import read_events
     from .imu import read_imu
 
     imu: IMURecording = read_imu(imu_path)
-    events = _video_events(other, imu.t[-1] * 1e6) if other.suffix.lower() in VIDEO else read_events(other)
-    return windows(imu, events, window_us, hop_us, f"{imu_path}+{other}")
+    video = other.suffix.lower() in VIDEO
+    events = _video_events(other, imu.t[-1] * 1e6) if video else read_events(other)
+    return [Moment(str(other) if video else f"{imu_path}+{other}", s, video=str(other) if video else None)
+            for s in windows(imu, events, window_us, hop_us, f"{imu_path}+{other}")]
 
 
 def _no_imu(path: Path) -> DataError:
@@ -97,7 +162,8 @@ def _manifest(path: Path) -> list[Moment]:
             raise DataError(f"{where}: give exactly one of 'events' or 'video'")
         ev = path.parent / m["events"] if "events" in m else None
         video = path.parent / m["video"] if "video" in m else None
-        out.append(Moment(str(imu), from_files(imu, t0, t1, events=ev, video=video), m.get("query")))
+        out.append(Moment(str(imu), from_files(imu, t0, t1, events=ev, video=video), m.get("query"),
+                          video=None if video is None else str(video)))
     return out
 
 
@@ -116,7 +182,7 @@ def _one(spec: str, window_us: int, hop_us: int) -> list[Moment]:
         for p in (imu, other):
             if not p.exists():
                 raise DataError(f"--data {spec}: {p}: file not found")
-        return [Moment(spec, s) for s in _pair_files(imu, other, window_us, hop_us)]
+        return [replace(m, recording=spec) for m in _pair_files(imu, other, window_us, hop_us)]
     path = Path(spec)
     if not path.exists():
         raise DataError(f"--data {path}: file not found")
@@ -124,7 +190,8 @@ def _one(spec: str, window_us: int, hop_us: int) -> list[Moment]:
         videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO and p.with_suffix(".csv").exists())
         if not videos:
             raise DataError(f"--data {path}: a folder without Ego4D pairs; expected {{video_uid}}.mp4 beside {{video_uid}}.csv")
-        return [Moment(str(v), s) for v in videos for s in _pair_files(v.with_suffix(".csv"), v, window_us, hop_us)]
+        narr = _narrations(path / NARRATIONS) if (path / NARRATIONS).exists() else {}
+        return [m for v in videos for m in _with_narrations(v, _pair_files(v.with_suffix(".csv"), v, window_us, hop_us), narr)]
     if path.suffix == ".jsonl":
         return _manifest(path)
     if path.suffix.lower() == ".aedat4":

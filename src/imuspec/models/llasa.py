@@ -167,8 +167,9 @@ class LLaSA(nn.Module):
             raise ValueError("this LLaSA has no tokenizer (none in the checkpoint or base folder)")
         return prompt_ids(self.tokenizer, query, self.template.name)
 
-    def save_pretrained(self, folder: str | Path, projector_type: str) -> None:
-        """Write LLaVA's layout with the LIMU-BERT encoder as the tower and its config under ``limu_bert``."""
+    def save_pretrained(self, folder: str | Path, projector_type: str, imu_span_us: int | None = None) -> None:
+        """Write LLaVA's layout with the LIMU-BERT encoder as the tower and its config under ``limu_bert``;
+        ``imu_span_us``: the IMU span that ends with a paired window, when it is not the window itself."""
         from dataclasses import asdict
 
         from safetensors.torch import save_file
@@ -178,6 +179,8 @@ class LLaSA(nn.Module):
         lb = self.imu_encoder.config
         config = {**self.decoder.config.to_hf(), "model_type": "llava_llama", "mm_hidden_size": lb.hidden,
                   "mm_projector_type": projector_type, "limu_bert": asdict(lb)}
+        if imu_span_us is not None:
+            config["imu_span_us"] = imu_span_us
         (folder / "config.json").write_text(json.dumps(config, indent=1))
         sd = dict(self.decoder.state_dict())
         sd.update({PROJECTOR + k: v for k, v in self.projector.state_dict().items()})
