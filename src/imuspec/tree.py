@@ -93,9 +93,9 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
     holding ``start`` slots before them. Rows may have fewer: ``n_pending`` [B] real tokens, right-padded (the pads
     land beyond the row's length and the tree overwrites them). On return the draft's cache holds pending and then
     every expanded node."""
-    b, n_pend = pending.shape
-    last = torch.full((b,), n_pend - 1, device=pending.device) if n_pending is None else n_pending - 1  # each root's column
-    root_pos = torch.as_tensor(start, device=pending.device).expand(b) + last  # [B] the root's slot and RoPE position
+    dev, (b, n_pend) = pending.device, pending.shape
+    last = torch.full((b,), n_pend - 1, device=dev) if n_pending is None else n_pending - 1  # [B] each root's column
+    root_pos = torch.as_tensor(start, device=dev).expand(b) + last  # [B] the root's slot and RoPE position
     # the roots' logits [B, 1, V]; a backlog after target-only steps runs eagerly (no new compiled length)
     logits = draft.step(pending) if n_pend <= 2 else draft(ids=pending)
     if n_pend > 1:
@@ -123,29 +123,26 @@ def _grow_chain(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, 
     """A chain: per depth one draft step and one pick (the same tokens and random draws as :func:`_grow_tree`
     makes for width 1), then the chain's fixed structure; a few small ops per step and no host sync (bar a
     confidence stop), because on a GPU the tree's bookkeeping costs more than the draft's forwards."""
-    tokens, qs, seen_leaf = [root], [], False
-    for d in range(1, shape.depth + 1):
+    tokens, qs, stopped = [root], [], False
+    for d in range(1, shape.nodes + 1):  # a budget below the depth cuts the chain
         x = logits[:, -1]  # [B, V]
         q = None if s.greedy else probs(x, s).log()
         if q is not None:
             qs.append(q.exp())
         if shape.confidence and _unsure(x.log_softmax(-1) if q is None else q, shape, d):
-            seen_leaf = True  # the last node was expanded: the draft holds it
+            stopped = True  # the last node was expanded: the draft holds it
             break
         tokens.append((x if q is None else _key(q, s, gen)).argmax(-1, keepdim=True))
-        if d < shape.depth:
+        if d < shape.nodes:
             logits = draft.step(tokens[-1])
     b, n = root.shape[0], len(tokens)
     ids = torch.arange(n, device=root.device)
+    last = ids == n - 1
     slot = root_pos[:, None] + ids
-    if not seen_leaf:
-        slot = torch.where(ids < n - 1, slot, -1)
-    q = None
-    if qs:
-        q = torch.stack(qs + [torch.zeros_like(qs[0])] * (n - len(qs)), 1)
+    q = None if s.greedy else torch.stack(qs + [torch.zeros_like(qs[0])] * (n - len(qs)), 1)
     return Tree(torch.cat(tokens, 1), (ids - 1).expand(b, -1), ids.expand(b, -1),
-                (ids[:, None] >= ids).expand(b, -1, -1), torch.where(ids < n - 1, ids + 1, -1).view(1, n, 1).expand(b, -1, -1),
-                torch.ones(1, dtype=torch.bool, device=root.device).expand(b, n), q, slot, n - 1)
+                (ids[:, None] >= ids).expand(b, -1, -1), torch.where(last, -1, ids + 1).view(1, n, 1).expand(b, -1, -1),
+                torch.ones_like(last).expand(b, n), q, slot if stopped else torch.where(last, -1, slot), n - 1)
 
 
 def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, shape: TreeShape, s: Sampling,
@@ -226,6 +223,10 @@ def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tre
 def _deepest_path(tree: Tree, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per row, the deepest node all of whose ancestors (itself included) are ``ok`` [B, N+1] (roots count as ok):
     (that node [B], its depth [B], its root path [B, max_depth + 1] as node ids by depth, 0 beyond its depth)."""
+    if tree.is_chain:  # node i is node i's depth: the end is the count of leading ok nodes
+        end = ok[:, 1:].cumprod(1).sum(1)
+        ids = torch.arange(tree.max_depth + 1, device=ok.device)
+        return end, end, torch.where(ids <= end[:, None], ids, 0)
     ok = ok.clone()
     ok[:, 0] = True
     on = ~(tree.ancestors & ~ok[:, None, :]).any(-1)
