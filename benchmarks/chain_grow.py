@@ -3,7 +3,7 @@
 The baseline is the package at ``--base`` (default: main before the chain fast path), extracted from git into a
 temporary folder as ``imuspec_base`` and imported in the same process, so every timing is paired with its baseline's
 under the same load. grow: the shipped IMU draft after its demo prompt, 1 pending token, one row; each repeat times
-``--calls`` grows of each version back to back (and γ bare draft steps, the forwards' share), keeping the fastest.
+``--calls`` grows of each version in turn (and γ bare draft steps, the forwards' share), keeping the fastest.
 
     OMP_NUM_THREADS=1 python benchmarks/chain_grow.py [--repeats 5] [--base d1f58f4]
 """
@@ -50,29 +50,23 @@ def draft_after_prompt(pkg):
     return draft.decoder, len(prompt), torch.tensor([[5]])
 
 
-def time_grow(mod, dec, start, pending, shape, s, calls: int) -> float:
-    """Fastest of ``calls`` grows, in seconds."""
-    best = float("inf")
+def time_grow(mods, dec, start, pending, shape, s, calls: int) -> list[float]:
+    """Per module, the fastest of ``calls`` grows in seconds, the modules taking turns call by call (the load
+    drifts); last, the fastest of γ bare draft steps (the forwards a chain needs)."""
+    best = [float("inf")] * (len(mods) + 1)
     with torch.inference_mode():
         for _ in range(calls):
-            dec.rollback(start)
-            gens = [torch.Generator().manual_seed(0)]
-            t = time.perf_counter()
-            mod.grow(dec, pending, start, shape, s, gens, torch.ones(1, dtype=torch.long))
-            best = min(best, time.perf_counter() - t)
-    return best
-
-
-def time_steps(dec, start, pending, gamma: int, calls: int) -> float:
-    """Fastest of ``calls`` runs of γ bare draft steps (the forwards a chain needs), in seconds."""
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(calls):
+            for i, mod in enumerate(mods):
+                dec.rollback(start)
+                gens = [torch.Generator().manual_seed(0)]
+                t = time.perf_counter()
+                mod.grow(dec, pending, start, shape, s, gens, torch.ones(1, dtype=torch.long))
+                best[i] = min(best[i], time.perf_counter() - t)
             dec.rollback(start)
             t = time.perf_counter()
-            for _ in range(gamma):
+            for _ in range(shape.depth):
                 dec.step(pending)
-            best = min(best, time.perf_counter() - t)
+            best[-1] = min(best[-1], time.perf_counter() - t)
     return best
 
 
@@ -99,11 +93,10 @@ def main() -> None:
             for name, s in (("greedy", Sampling()), ("sampling", Sampling(temperature=1.0))):
                 shape = TreeShape.chain(gamma)
                 runs = {"base": [], "new": [], "forwards": []}
+                mods = (importlib.import_module("imuspec_base.tree"), imuspec.tree)
                 for _ in range(a.repeats):
-                    runs["base"].append(time_grow(importlib.import_module("imuspec_base.tree"), dec, start, pending,
-                                                  shape, s, a.calls))
-                    runs["new"].append(time_grow(imuspec.tree, dec, start, pending, shape, s, a.calls))
-                    runs["forwards"].append(time_steps(dec, start, pending, gamma, a.calls))
+                    for k, v in zip(runs, time_grow(mods, dec, start, pending, shape, s, a.calls)):
+                        runs[k].append(v)
                 rows.append({"gamma": gamma, "sampling": name, **{k: [x * 1e3 for x in v] for k, v in runs.items()}})
         demo = []
         for _ in range(a.demo_repeats):
