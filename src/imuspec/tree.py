@@ -2,7 +2,8 @@
 
 A tree is node 0, the root (the newest committed token, which the target has not seen yet), and drafted nodes in
 topological order (every parent before its children). A chain of γ tokens is the tree of width 1 and depth γ, so one
-engine loop serves both.
+engine loop serves both; :func:`grow` drafts it on a short path of its own (the same tokens and draws), since on a GPU
+the tree's bookkeeping would cost more than a small draft's forwards.
 
 Growing (:func:`grow`): at each depth the ``width`` best nodes by path probability (the product of the draft's
 probabilities along the path) are expanded, each into its ``width`` most likely children (greedy) or ``width``
