@@ -74,8 +74,8 @@ def check_kernel(dev, dtype) -> list[float]:
 
 
 def ar(target, prompt, n, repeats=3) -> dict:
-    cfg = GenerationConfig(max_new_tokens=n)
-    generate(target, prompt, GenerationConfig(max_new_tokens=4))
+    cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=n)
+    generate(target, prompt, GenerationConfig(eos_token_ids=(), max_new_tokens=4))
     runs = [generate(target, prompt, cfg) for _ in range(repeats)]
     steps = [g.stats.target_s / g.stats.steps for g in runs]
     return {"tokens": runs[0].tokens, "decode_step_ms_min": 1e3 * min(steps),
@@ -234,14 +234,14 @@ def main() -> None:
                 for g in a.gammas:
                     if over():
                         break
-                    cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma=g)
+                    cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=g)
                     measure(g + 1, False)
                     row["chains"][g] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
                     print(json.dumps({"alpha": alpha, "gamma": g, **row["chains"][g]}), flush=True)
                 for b in a.budgets + ["auto"]:
                     if over():
                         break
-                    cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma="auto" if b == "auto" else 4, tree=b)
+                    cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma="auto" if b == "auto" else 4, tree=b)
                     if b == "auto":
                         write_profile()
                     else:
@@ -299,7 +299,7 @@ def main() -> None:
         # per number of unfinished rows, so it runs only for B <= --spec-batch-max, twice, timing the second.
         r["batch"] = []
         r["batch_alpha_eps"] = calibrate(target, draft, 0.05, max(a.alphas), calib_ids)
-        cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma=4)
+        cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=4)
         for b in a.batches:
             if over():
                 break

@@ -52,8 +52,14 @@ class LlamaConfig:
                 raise ValueError(f"rope_scaling type {kind!r} is not supported (known: default, linear, llama3)")
 
     @classmethod
-    def from_hf(cls, d: dict) -> LlamaConfig:
-        """Read a Hugging Face ``config.json`` dict, old (rope_theta/rope_scaling) or new (rope_parameters) style."""
+    def from_hf(cls, d: dict, source: str = "config.json") -> LlamaConfig:
+        """Read a Hugging Face ``config.json`` dict, old (rope_theta/rope_scaling) or new (rope_parameters) style.
+
+        The shape fields are required (no LLaMA-7B defaults filled in silently); ``source`` names the file in errors.
+        """
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ValueError(f"{source}: field {missing[0]!r} missing (required: {', '.join(REQUIRED)})")
         d = dict(d)
         rope = d.pop("rope_parameters", None)
         if rope:
@@ -77,6 +83,9 @@ class LlamaConfig:
     def eos_ids(self) -> list[int]:
         e = self.eos_token_id
         return [] if e is None else [e] if isinstance(e, int) else list(e)
+
+
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> Tensor:
