@@ -6,6 +6,7 @@ import torch
 from test_speculative import PROMPT, partly_agreeing, tiny, twin
 
 import imuspec.speculative
+import imuspec.tree
 from imuspec import GenerationConfig, Sampling, generate
 from imuspec.adapt import Planner
 from imuspec.tree import TreeShape, greedy_accept, grow
@@ -168,3 +169,33 @@ def test_planner_drafts_deep_when_everything_is_accepted():
     shapes = [_step(p, True, 1e-4) for _ in range(20)]
     assert p.fallback is None and None not in shapes
     assert shapes[-1].depth >= 4  # longer chains or the tree once their acceptance is seen
+
+
+@pytest.mark.parametrize("shape", [TreeShape.chain(4), TreeShape.chain(6, 0.5), TreeShape.chain(6, 0.97)],
+                         ids=["chain4", "conf0.5", "conf0.97"])
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0), Sampling(0.7, 20, 0.9)],
+                         ids=["greedy", "t1", "topkp"])
+def test_chain_fast_path_equals_the_tree_path(shape, sampling, monkeypatch):
+    """grow's chain path gives the tree that the general path grows for width 1, from the same random draws, on a
+    batch of rows with 1 or 2 pending tokens each and their own generators."""
+    _, draft = partly_agreeing()
+
+    def run():
+        draft.setup_cache(96, 3)
+        with torch.inference_mode():
+            draft(ids=torch.stack([PROMPT, PROMPT.roll(1), PROMPT.roll(2)]))
+            start = torch.tensor([9, 7, 8])
+            draft.rollback(start)
+            gens = [torch.Generator().manual_seed(i) for i in range(3)]
+            tree = grow(draft, torch.tensor([[5, 3], [7, 0], [11, 4]]), start, shape, sampling, gens,
+                        torch.tensor([2, 1, 2]))
+        return tree, draft.length.clone(), [g.get_state() for g in gens]
+
+    fast, fast_len, fast_gens = run()
+    monkeypatch.setattr(imuspec.tree, "_grow_chain", imuspec.tree._grow_tree)
+    slow, slow_len, slow_gens = run()
+    assert fast.max_depth == slow.max_depth and torch.equal(fast_len, slow_len)
+    assert all(torch.equal(a, b) for a, b in zip(fast_gens, slow_gens))
+    for f in ("tokens", "parents", "depth", "ancestors", "children", "valid", "q", "draft_slot"):
+        a, b = getattr(fast, f), getattr(slow, f)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), f

@@ -2,7 +2,8 @@
 
 A tree is node 0, the root (the newest committed token, which the target has not seen yet), and drafted nodes in
 topological order (every parent before its children). A chain of γ tokens is the tree of width 1 and depth γ, so one
-engine loop serves both.
+engine loop serves both; :func:`grow` drafts it on a short path of its own (the same tokens and draws), since on a GPU
+the tree's bookkeeping would cost more than a small draft's forwards.
 
 Growing (:func:`grow`): at each depth the ``width`` best nodes by path probability (the product of the draft's
 probabilities along the path) are expanded, each into its ``width`` most likely children (greedy) or ``width``
@@ -93,12 +94,65 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
     holding ``start`` slots before them. Rows may have fewer: ``n_pending`` [B] real tokens, right-padded (the pads
     land beyond the row's length and the tree overwrites them). On return the draft's cache holds pending and then
     every expanded node."""
-    dev, k, (b, n_pend) = pending.device, shape.width, pending.shape
+    dev, (b, n_pend) = pending.device, pending.shape
     last = torch.full((b,), n_pend - 1, device=dev) if n_pending is None else n_pending - 1  # [B] each root's column
     root_pos = torch.as_tensor(start, device=dev).expand(b) + last  # [B] the root's slot and RoPE position
+    # the roots' logits [B, 1, V]; a backlog after target-only steps runs eagerly (no new compiled length)
+    logits = draft.step(pending) if n_pend <= 2 else draft(ids=pending)
+    if n_pend > 1:
+        logits = logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1]))
+        if n_pending is not None:
+            draft.rollback(root_pos + 1)
+    root = pending.gather(1, last[:, None])  # [B, 1]
+    return (_grow_chain if shape.is_chain else _grow_tree)(draft, root, root_pos, logits, shape, s, gen)
+
+
+def _key(q: Tensor, s: Sampling, gen: Generators) -> Tensor:
+    """What children are the top of: the draft's log-probabilities (greedy), or those plus Gumbel noise (sampling:
+    the top k are k draws without replacement)."""
+    return q if s.greedy else q - draws(torch.empty_like(q), gen).log()
+
+
+def _unsure(q: Tensor, shape: TreeShape, d: int) -> bool:
+    """The confidence stop: every row's top draft probability (``q`` its log) is below the threshold. One host
+    read per depth, only with a confidence stop."""
+    return bool(shape.confidence) and d > 1 and float(q.amax(-1).max().exp()) < shape.confidence
+
+
+def _grow_chain(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, shape: TreeShape, s: Sampling,
+                gen: Generators) -> Tree:
+    """A chain: per depth one draft step and one pick (the same tokens and random draws as :func:`_grow_tree`
+    makes for width 1), then the chain's fixed structure; a few small ops per step and no host sync (bar a
+    confidence stop), because on a GPU the tree's bookkeeping costs more than the draft's forwards."""
+    tokens, qs, stopped = [root], [], False
+    for d in range(1, shape.nodes + 1):  # a budget below the depth cuts the chain
+        x = logits[:, -1]  # [B, V]
+        q = None if s.greedy else probs(x, s).log()
+        if q is not None:
+            qs.append(q.exp())
+        if shape.confidence and _unsure(x.log_softmax(-1) if q is None else q, shape, d):
+            stopped = True  # the last node was expanded: the draft holds it
+            break
+        tokens.append((x if q is None else _key(q, s, gen)).argmax(-1, keepdim=True))
+        if d < shape.nodes:
+            logits = draft.step(tokens[-1])
+    b, n = root.shape[0], len(tokens)
+    ids = torch.arange(n, device=root.device)
+    last = ids == n - 1
+    slot = root_pos[:, None] + ids
+    q = None if s.greedy else torch.stack(qs + [torch.zeros_like(qs[0])] * (n - len(qs)), 1)
+    return Tree(torch.cat(tokens, 1), (ids - 1).expand(b, -1), ids.expand(b, -1),
+                (ids[:, None] >= ids).expand(b, -1, -1), torch.where(last, -1, ids + 1).view(1, n, 1).expand(b, -1, -1),
+                torch.ones_like(last).expand(b, n), q, slot if stopped else torch.where(last, -1, slot), n - 1)
+
+
+def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, shape: TreeShape, s: Sampling,
+               gen: Generators) -> Tree:
+    """EAGLE-2 growing (see the module's docstring); ``logits`` [B, 1, V] the draft's at the roots ``root`` [B, 1]."""
+    dev, k, b = root.device, shape.width, root.shape[0]
     cap = 1 + k + (shape.depth - 1) * k * k
     tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
-    tokens[:, 0] = pending.gather(1, last[:, None])[:, 0]
+    tokens[:, :1] = root
     parents = torch.full((b, cap), -1, dtype=torch.long, device=dev)
     depth = torch.zeros(cap, dtype=torch.long, device=dev)  # the same in every row: each depth is one block of ids
     score = torch.zeros(b, cap, device=dev)  # log path probability
@@ -107,21 +161,14 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
     slot[:, 0] = root_pos
     q_rows = None if s.greedy else []  # (node ids [B, F], their distributions [B, F, V]) of expanded nodes
     expanded = torch.zeros(b, 0, dtype=torch.long, device=dev)  # non-root expanded nodes, in draft-slot order
-
-    # the roots' distributions [B, 1, V]; a backlog after target-only steps runs eagerly (no new compiled length)
-    logits = draft.step(pending) if n_pend <= 2 else draft(ids=pending)
-    logits = logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1]))
-    if n_pending is not None:
-        draft.rollback(root_pos + 1)
     frontier, n, grown = torch.zeros(b, 1, dtype=torch.long, device=dev), 1, 0
     for d in range(1, shape.depth + 1):
         q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()
         if q_rows is not None:
             q_rows.append((frontier, q.exp()))
-        if shape.confidence and d > 1 and float(q.amax(-1).max().exp()) < shape.confidence:
-            break  # once every row is unsure; one host read per depth, only with a confidence stop
-        key = q if s.greedy else q - draws(torch.empty_like(q), gen).log()  # + Gumbel noise
-        child = key.topk(k, dim=-1).indices  # [B, F, k] in sibling order
+        if _unsure(q, shape, d):
+            break
+        child = _key(q, s, gen).topk(k, dim=-1).indices  # [B, F, k] in sibling order
         ids = torch.arange(n, n + child[0].numel(), device=dev)
         par = frontier.repeat_interleave(k, dim=1)
         tokens[:, ids], parents[:, ids], depth[ids] = child.flatten(1), par, d
@@ -135,12 +182,9 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
         f = frontier.shape[1]
         slot.scatter_(1, frontier, root_pos[:, None] + 1 + expanded.shape[1] + torch.arange(f, device=dev))
         expanded = torch.cat([expanded, frontier], dim=1)
-        if shape.is_chain:  # a chain's block sees everything before it: the plain (compilable) step
-            logits = draft.step(tokens.gather(1, frontier))
-        else:
-            mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))  # [B, F, expanded]
-            logits = draft.step(tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
-                                tree_mask=mask)
+        mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))  # [B, F, expanded]
+        logits = draft.step(tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
+                            tree_mask=mask)
 
     keep = _select(score[:, 1:n], shape.budget, s.greedy) + 1
     keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), keep], dim=1)
@@ -180,6 +224,10 @@ def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tre
 def _deepest_path(tree: Tree, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per row, the deepest node all of whose ancestors (itself included) are ``ok`` [B, N+1] (roots count as ok):
     (that node [B], its depth [B], its root path [B, max_depth + 1] as node ids by depth, 0 beyond its depth)."""
+    if tree.is_chain:  # node i is node i's depth: the end is the count of leading ok nodes
+        end = ok[:, 1:].cumprod(1).sum(1)
+        ids = torch.arange(tree.max_depth + 1, device=ok.device)
+        return end, end, torch.where(ids <= end[:, None], ids, 0)
     ok = ok.clone()
     ok[:, 0] = True
     on = ~(tree.ancestors & ~ok[:, None, :]).any(-1)
