@@ -69,5 +69,5 @@ def speculative_verify(draft: Tensor, q: Tensor, p: Tensor, generator: torch.Gen
     u = torch.rand(k, generator=generator, device=draft.device)
     keep = u * q[rows, draft] <= p[rows, draft]
     n = keep.long().cumprod(0).sum()
-    residual = (p - torch.cat([q, torch.zeros_like(q[:1])])).clamp_min(0)[n]  # row k: q is 0, so this is p[k]
+    residual = (p - torch.cat([q, q.new_zeros(1, q.shape[-1])])).clamp_min(0)[n]  # row k: q is 0, so this is p[k]
     return n, sample(residual / residual.sum(), generator)

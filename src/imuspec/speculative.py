@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .model import Decoder
 from .sampling import Sampling, greedy_verify, probs, sample, speculative_verify
+from .vocab import MappedDraft
 
 
 @dataclass(frozen=True)
@@ -138,25 +139,41 @@ def _check(model: Decoder, prompt: Tensor, cfg: GenerationConfig, gamma: int, ro
         )
 
 
+def _verify(target: Decoder, last: Tensor, d: Tensor, q: Tensor | None, s: Sampling, gen: torch.Generator):
+    """One target forward over [last, d]; (accepted count, next token, both and d on the host)."""
+    logits = target.step(torch.cat([last, d])[None])[0]
+    if s.greedy:
+        n, nxt = greedy_verify(d, logits)
+    else:
+        n, nxt = speculative_verify(d, q, probs(logits, s), gen)
+    return n, nxt, torch.cat([n.view(1), nxt.view(1), d]).tolist()  # the one host sync per step
+
+
 def generate(
     target: Decoder,
     target_prompt: Tensor,
     cfg: GenerationConfig,
-    draft: Decoder | None = None,
+    draft: Decoder | MappedDraft | None = None,
     draft_prompt: Tensor | None = None,
 ) -> Generation:
-    """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way."""
+    """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way.
+
+    A draft with another vocabulary comes wrapped as a :class:`~imuspec.vocab.MappedDraft` (see
+    :func:`imuspec.vocab.drafter`): it proposes target tokens itself and re-syncs from the committed ones.
+    """
     gamma = cfg.gamma if draft is not None else 0
     _check(target, target_prompt, cfg, gamma, "target")
+    mapped = isinstance(draft, MappedDraft)
     if draft is not None:
-        if draft.config.vocab_size != target.config.vocab_size:
+        if not mapped and draft.config.vocab_size != target.config.vocab_size:
             raise ValueError(
                 f"draft vocabulary ({draft.config.vocab_size} tokens) differs from the target's "
-                f"({target.config.vocab_size}); cross-vocabulary drafting is not supported"
+                f"({target.config.vocab_size}): wrap the draft with imuspec.vocab.drafter(draft, its tokenizer, "
+                f"target, the target's tokenizer)"
             )
         if draft_prompt is None:
             raise ValueError("a draft needs its own prompt (token ids or embeddings)")
-        _check(draft, draft_prompt, cfg, gamma, "draft")
+        _check(draft.decoder if mapped else draft, draft_prompt, cfg, gamma, "draft")
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1 with a draft, got {gamma}")
     s, dev = cfg.sampling, target.device
@@ -168,7 +185,9 @@ def generate(
         target.rollback(0)
         with clock("prefill"):
             last = pick(_forward(target, target_prompt)).view(1)  # the newest token; the target has not seen it
-            if draft is not None:
+            if mapped:
+                draft.start(draft_prompt)
+            elif draft is not None:
                 draft.rollback(0)
                 _forward(draft, draft_prompt)
         out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen (1 or 2)
@@ -179,6 +198,12 @@ def generate(
                 with clock("target"):
                     last = pick(target.step(last[None])[0, -1]).view(1)
                     n, new = 0, [int(last)]
+            elif mapped:  # proposals in target ids; no rollback to do here (it re-syncs from `out`)
+                with clock("draft"):
+                    d, q = draft.propose(out, gamma, s, gen)
+                with clock("target"):
+                    n, nxt, host = _verify(target, last, d, q, s, gen)
+                n, new, last = host[0], host[2:2 + host[0]] + [host[1]], nxt.view(1)
             else:
                 with clock("draft"):
                     x, drafted, qs = pending, [], []
@@ -192,12 +217,7 @@ def generate(
                         drafted.append(x)
                     d = torch.cat(drafted)
                 with clock("target"):
-                    logits = target.step(torch.cat([last, d])[None])[0]
-                    if s.greedy:
-                        n, nxt = greedy_verify(d, logits)
-                    else:
-                        n, nxt = speculative_verify(d, torch.stack(qs), probs(logits, s), gen)
-                    host = torch.cat([n.view(1), nxt.view(1), d]).tolist()  # the one host sync per step
+                    n, nxt, host = _verify(target, last, d, None if s.greedy else torch.stack(qs), s, gen)
                 n, new = host[0], host[2:2 + host[0]] + [host[1]]
                 keep = min(n, gamma - 1)  # the draft has seen pending + d[:gamma-1]
                 d_len += len(pending) + keep
@@ -210,7 +230,7 @@ def generate(
             stop = next((i + 1 for i, t in enumerate(new[:room]) if t in cfg.eos_token_ids), min(len(new), room))
             out += new[:stop]
             stats.accepted_per_step.append(n)
-            stats.drafted_per_step.append(gamma)
+            stats.drafted_per_step.append(0 if draft is None else len(d))
             stats.produced_per_step.append(stop)
 
     stats.prefill_s, stats.draft_s, stats.target_s = (clock.total(p) for p in ("prefill", "draft", "target"))
