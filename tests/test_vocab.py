@@ -31,8 +31,8 @@ def llama() -> PreTrainedTokenizerFast:
     return Tokenizer(fixture_path("llama2_tokenizer")).hf
 
 
-def _fast(raw: RawTokenizer, eos: str) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos)
+def _fast(raw: RawTokenizer, eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos, bos_token=bos)
 
 
 def shuffled(tok: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedTokenizerFast:
@@ -48,13 +48,13 @@ def shuffled(tok: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedTokenizer
 
 
 def trained_bpe() -> PreTrainedTokenizerFast:
-    """A GPT-2-style byte-level BPE trained here on a small corpus."""
+    """A GPT-2-style byte-level BPE trained here on a small corpus; EOS is id 2, as in LLaMA-2."""
     raw = RawTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    raw.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>"],
+    raw.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<bos>", "<eos>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return _fast(raw, "<eos>")
+    return _fast(raw, "<eos>", "<bos>")
 
 
 def draft_tokenizer(name: str, llama: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -212,3 +212,54 @@ def test_sampled_generation_runs_and_is_seeded(llama):
     a, b = generate(target, tp, cfg, draft, dp), generate(target, tp, cfg, draft, dp)
     assert a.tokens == b.tokens and all(0 <= t < 32000 for t in a.tokens) and not math.isnan(a.stats.tau)
     assert sum(a.stats.accepted_per_step) > 0
+
+
+def test_generate_cli_with_a_draft_of_another_vocabulary(tmp_path, capsys):
+    """`imuspec generate`: a draft folder with its own byte-level BPE drafts for a LLaMA-2-vocabulary target."""
+    from test_cli import checkpoint
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    from imuspec.cli import main
+
+    target = checkpoint(tmp_path / "target", 0, 2)
+    tok = trained_bpe()
+    torch.manual_seed(1)
+    LlamaForCausalLM(HFConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, eos_token_id=2)).save_pretrained(tmp_path / "draft")
+    tok.save_pretrained(tmp_path / "draft")
+    common = ["generate", "--target", str(target), "--prompt", "What is the person doing?", "--template", "llava_v1",
+              "--max-new-tokens", "16", "--json"]
+    outs = []
+    for extra in ([], ["--draft", str(tmp_path / "draft")], ["--draft", str(tmp_path / "draft"), "--temperature", "0.8"]):
+        assert main(common + extra) == 0
+        out, err = capsys.readouterr()
+        outs.append((json.loads(out)["token_ids"], err))
+    assert outs[1][0] == outs[0][0]
+    assert "re-tokenised greedy" in outs[1][1] and "intersection sampling" in outs[2][1]
+    assert len(outs[2][0]) <= 16
+
+
+def test_sensorllm_draft_with_its_own_vocabulary(tmp_path, llama):
+    """SensorLLM under its LLaMA-3 template, in a byte-level BPE vocabulary, drafting for a LLaMA-2 target under
+    Vicuna's template: the target's own greedy output."""
+    pytest.importorskip("chronos", reason="chronos-forecasting (test extra) is not installed")
+    from test_sensorllm import CFG, LLAMA3_HEADERS, series, write_checkpoint
+
+    from imuspec.models.sensorllm import SensorLLM
+    from imuspec.templates import get_template
+
+    tok = trained_bpe()
+    tok.add_tokens(LLAMA3_HEADERS, special_tokens=True)
+    folder, _, _ = write_checkpoint(tmp_path / "sensorllm", tok=tok)
+    m = SensorLLM.from_pretrained(folder, fixture_path("chronos_dummy", "config.json").parent, CFG)
+    query = "What activity is this?"
+    dp = m.prompt_embeds(query, series())
+    tp = torch.tensor(llama(get_template("vicuna_v1").prompt(query)).input_ids)
+    target = chain_decoder(32000, [], 5)
+    target.setup_cache(len(tp) + 40)
+    m.decoder.setup_cache(len(dp) + 80)
+    draft, pair = drafter(m.decoder, m.tokenizer, target, llama)
+    assert isinstance(draft, MappedDraft) and pair.draft.eos_ids == (2,)
+    cfg = GenerationConfig(max_new_tokens=24, gamma=3)
+    assert generate(target, tp, cfg, draft, dp).tokens == generate(target, tp, cfg).tokens

@@ -53,6 +53,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .sampling import Sampling
     from .speculative import GenerationConfig, generate
     from .templates import get_template
+    from .vocab import drafter
 
     if a.template:
         get_template(a.template)  # an unknown name fails before any loading
@@ -73,6 +74,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         seed=a.seed,
         eos_token_ids=tuple(target.decoder.config.eos_ids),
     )
+    drafting = None
+    if draft:
+        drafting, pair = drafter(draft.decoder, draft.tokenizer, target.decoder, target.tokenizer)
+        print(pair.note(cfg.sampling.greedy), file=sys.stderr)
     for side, role in ((target, "target"), (draft, "draft")):
         if side is None:
             continue
@@ -83,10 +88,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 f"the {role} prompt is {len(side.prompt)} tokens; with --max-new-tokens {a.max_new_tokens} and "
                 f"--gamma {a.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}"
             )
+        if role == "draft" and drafting is not draft.decoder:  # its own tokens may outnumber the target's
+            need = min(limit, need + cfg.max_new_tokens + cfg.gamma)
         side.decoder.setup_cache(need)
         if a.compile:
             side.decoder.compile_steps()
-    g = generate(target.decoder, target.prompt, cfg, draft and draft.decoder, draft and draft.prompt)
+    g = generate(target.decoder, target.prompt, cfg, drafting, draft and draft.prompt)
     text = target.tokenizer.decode(g.tokens)
     if a.json:
         s = g.stats.to_dict()
@@ -125,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="decode with a target, speculatively when a draft is given")
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
-    g.add_argument("--draft", help="draft checkpoint (same vocabulary): a LLaMA, LLaSA or SensorLLM folder or OneLLM's "
-                   "consolidated .pth (its tokenizer: the target's); without it the target decodes alone")
+    g.add_argument("--draft", help="draft checkpoint: a LLaMA, LLaSA or SensorLLM folder or OneLLM's consolidated .pth "
+                   "(without a tokenizer of its own it borrows the target's; with another vocabulary its proposals "
+                   "are re-tokenised, imuspec.vocab); without it the target decodes alone")
     g.add_argument("--prompt", required=True)
     g.add_argument("--template", help="template for text-only sides (vicuna_v1, llava_v1, eventgpt_v1, v1); "
                    "default: the prompt as it is. Multimodal families use their own")

@@ -41,8 +41,9 @@ def _fit(family: Family, prompt: torch.Tensor, cfg: GenerationConfig, role: str)
 
 
 def evaluate_sample(target: Family, drafts: dict[str, Family], sample: PairedSample, query: str,
-                    cfg: GenerationConfig) -> dict:
-    """One sample: the target alone, then each draft in front of it."""
+                    cfg: GenerationConfig, drafting: dict | None = None) -> dict:
+    """One sample: the target alone, then each draft in front of it (``drafting[name]``: what
+    :func:`imuspec.vocab.drafter` made of that draft, where its vocabulary differs)."""
     from .speculative import generate
 
     tp = target.embed(query, sample.events)
@@ -55,7 +56,7 @@ def evaluate_sample(target: Family, drafts: dict[str, Family], sample: PairedSam
     for name, draft in drafts.items():
         dp = draft.embed(query, sample)
         _fit(draft, dp, cfg, f"{name} draft")
-        g = generate(target.decoder, tp, cfg, draft.decoder, dp)
+        g = generate(target.decoder, tp, cfg, (drafting or {}).get(name, draft.decoder), dp)
         s, drafted = g.stats, sum(g.stats.drafted_per_step)
         row[name] = {
             "tokens": g.tokens, "n_tokens": s.n_tokens, "alpha": s.alpha, "alpha_token": s.alpha_token, "tau": s.tau,
@@ -168,6 +169,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .distributed import close, gather, init_distributed
     from .families import open_draft, open_target
     from .speculative import GenerationConfig
+    from .vocab import drafter
 
     own = init_distributed()  # this rank's device: its GPU under torchrun
     rank, world = distributed.rank(), distributed.world()
@@ -179,13 +181,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
     drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
+    pairs = {name: drafter(f.decoder, f.tokenizer, target.decoder, target.tokenizer) for name, f in drafts.items()}
+    drafting, notes = {n: d for n, (d, _) in pairs.items()}, {n: p.note(True) for n, (_, p) in pairs.items()}
+    if rank == 0:
+        print("\n".join(f"{n} draft: {note}" for n, note in notes.items()), file=sys.stderr)
     mine = _samples(a, rank, world)
     if mine:  # warm-up: every model once, untimed
-        evaluate_sample(target, drafts, mine[0][1], query, GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed))
+        evaluate_sample(target, drafts, mine[0][1], query, GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed),
+                        drafting)
     rows = []
     for i, s in tqdm(mine, disable=rank != 0, desc="eval", unit="sample"):
         row = {"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text, "meta": s.meta}
-        rows.append(row | evaluate_sample(target, drafts, s, query, cfg))
+        rows.append(row | evaluate_sample(target, drafts, s, query, cfg, drafting))
     rows = sorted(gather(rows), key=lambda r: r["index"])
     close()
     if rank != 0:
@@ -193,7 +200,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     modes = ["target", *drafts]
     summary = summarize(rows, modes) | {"command": sys.argv, "query": query, "device": dev, "dtype": a.dtype,
-                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "processes": world}
+                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "processes": world,
+                                        "vocabulary": notes}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:
