@@ -200,7 +200,7 @@ def test_empty_window():
 
 def test_formats_and_files(tmp_path):
     (tmp_path / "e.dat").write_bytes(b"")
-    with pytest.raises(EventError, match=r"cannot tell the format from suffix '\.dat'; pass format= one of: npy .*aedat4.*txt-xytp.*h5"):
+    with pytest.raises(EventError, match=r"cannot tell the format from suffix '\.dat'; give the format \(--format on the command line, format= in Python\), one of: npy .*aedat4.*txt-xytp.*h5"):
         read_events(tmp_path / "e.dat")
     with pytest.raises(EventError, match=r"unknown format 'dvs'; known formats: npy .*aedat4"):
         read_events(tmp_path / "e.dat", "dvs")

@@ -232,7 +232,7 @@ def test_read_imu_dispatch(tmp_path):
     ts = fixture_path("basicmotions", "BasicMotions_TEST.ts")
     (tmp_path / "motions.txt").write_text(ts.read_text())
     assert read_imu(tmp_path / "motions.txt", index=1).format == "basicmotions_ts"  # by content
-    with pytest.raises(IMUError, match=r"holds 40 recordings; pass an index in 0..39"):
+    with pytest.raises(IMUError, match=r"holds 40 recordings; pick one with --index \(index= in Python\) in 0..39"):
         read_imu(ts)
     with pytest.raises(IMUError, match=r"index 40 is out of range"):
         read_imu(ts, index=40)

@@ -23,7 +23,7 @@ def test_inspect_imu_text_index_and_plot(tmp_path, capsys):
 
 def test_inspect_imu_errors(tmp_path, capsys):
     assert main(["inspect-imu", str(fixture_path("basicmotions", "BasicMotions_TEST.ts"))]) == 2
-    assert "holds 40 recordings; pass an index" in capsys.readouterr().err
+    assert "holds 40 recordings; pick one with --index" in capsys.readouterr().err
     (tmp_path / "x.dat").write_bytes(b"\x00junk")
     assert main(["inspect-imu", str(tmp_path / "x.dat")]) == 2
     assert "known formats" in capsys.readouterr().err

@@ -1,21 +1,27 @@
-"""imuspec: cross-modal speculative decoding (IMU draft, event/video target), lossless by construction."""
+"""imuspec: cross-modal speculative decoding (IMU draft, event/video target), lossless by construction.
 
-from .checkpoint import CheckpointError, load_decoder
-from .model import Decoder, LlamaConfig
-from .sampling import Sampling
-from .speculative import Generation, GenerationConfig, generate
-from .templates import Template, Tokenizer, get_template
+The names below load on first use (PEP 562), so the command line can start without importing torch.
+"""
 
-__all__ = [
-    "CheckpointError",
-    "Decoder",
-    "Generation",
-    "GenerationConfig",
-    "LlamaConfig",
-    "Sampling",
-    "Template",
-    "Tokenizer",
-    "generate",
-    "get_template",
-    "load_decoder",
-]
+from importlib import import_module
+
+_HOMES = {
+    "CheckpointError": "checkpoint",
+    "load_decoder": "checkpoint",
+    "Decoder": "model",
+    "LlamaConfig": "model",
+    "Sampling": "sampling",
+    "Generation": "speculative",
+    "GenerationConfig": "speculative",
+    "generate": "speculative",
+    "Template": "templates",
+    "Tokenizer": "templates",
+    "get_template": "templates",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'imuspec' has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)

@@ -1,24 +1,45 @@
-"""The ``imuspec`` command line."""
+"""The imuspec command line. Each command's module is imported only when that command runs or shows its help, so
+`imuspec --help` answers at once (no torch)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
-import torch
+from .runtime import add_run_options, device, n_weights, set_threads, torch_dtype
 
-from .demo import add_demo_parser
-from .evaluate import add_eval_parser
-from .events import cli as events_cli
-from .imu.inspect import add_inspect_imu_parser
-from .train import add_train_parser
+DESCRIPTION = ("cross-modal speculative decoding: a cheap IMU-conditioned draft, an event-camera or video target, "
+               "and exactly the target's own answer. 'imuspec COMMAND --help' lists a command's options.")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# command: (module, the function that adds its arguments to its parser, what it does)
+COMMANDS = {
+    "generate": ("imuspec.cli", "add_generate_parser", "decode with a target, speculatively when a draft is given"),
+    "bench": ("imuspec.cli", "add_bench_parser", "benchmarks: the engine against transformers"),
+    "inspect-events": ("imuspec.events.cli", "add_inspect_events_parser",
+                       "summarise an event file; optionally write EventGPT's frames as PNGs"),
+    "simulate-events": ("imuspec.events.cli", "add_simulate_events_parser",
+                        "turn a video into an event file (ESIM / v2e-style simulator)"),
+    "inspect-imu": ("imuspec.imu.inspect", "add_inspect_imu_parser", "read an IMU file and say what was read"),
+    "train": ("imuspec.train", "add_train_parser",
+              "train the project's pair from its synthetic world (runs under torchrun)"),
+    "eval": ("imuspec.evaluate", "add_eval_parser",
+             "target alone vs IMU draft vs text draft on paired samples: alpha, tau, c, speed-up"),
+    "demo": ("imuspec.demo", "add_demo_parser",
+             "the shipped IMU draft speeding up the shipped event target on an embedded sample"),
+}
 
 
-def _device(name: str | None) -> str:
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if not action.option_strings or "default" in text or d is None or d is argparse.SUPPRESS or isinstance(d, bool):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -57,7 +78,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     if a.template:
         get_template(a.template)  # an unknown name fails before any loading
-    dev, dtype = _device(a.device), DTYPES[a.dtype]
+    dev, dtype = device(a.device), torch_dtype(a.dtype)
     sample = _paired_sample(a)
     events, imu = (sample.events, sample) if sample else (a.events, a.imu)
     target = load_target(a.target, a.prompt, a.template, events, a.video, dtype, dev)
@@ -67,6 +88,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         imu = None  # a text-only draft next to a paired window
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
                        a.target, dtype, dev) if a.draft else None
+    set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
         gamma=a.gamma,
@@ -110,37 +132,34 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_bench_engine(a: argparse.Namespace) -> int:
     from .bench import bench_engine, format_table
+    from .synthetic import n_params, parse_shape
+
+    set_threads(a.threads, n_params(parse_shape(a.target_shape)))
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     _device(a.device), DTYPES[a.dtype], a.seed, hf=not a.no_hf, compile=a.compile)
+                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    add_run_options(p)
     p.add_argument("--compile", action="store_true",
                    help="compile the decode/verify steps (CUDA graphs; pays off on a GPU for long outputs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imuspec", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    g = sub.add_parser("generate", help="decode with a target, speculatively when a draft is given")
+def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
     g.add_argument("--draft", help="draft checkpoint: a LLaMA, LLaSA or SensorLLM folder or OneLLM's consolidated .pth "
                    "(without a tokenizer of its own it borrows the target's; with another vocabulary its proposals "
                    "are re-tokenised, imuspec.vocab); without it the target decodes alone")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="the question or text to continue")
     g.add_argument("--template", help="template for text-only sides (vicuna_v1, llava_v1, eventgpt_v1, v1); "
                    "default: the prompt as it is. Multimodal families use their own")
     g.add_argument("--events", help="event file for an EventGPT target (.npy, .aedat4, .h5, .txt)")
     g.add_argument("--video", help="video file for a Video-LLaVA target")
-    g.add_argument("--imu", help="IMU recording for an IMU draft (any format `imuspec inspect-imu` reads)")
+    g.add_argument("--imu", help="IMU recording for an IMU draft (any format 'imuspec inspect-imu' reads)")
     g.add_argument("--paired", metavar="FILE", help="an AEDAT4 file holding events and IMU: the target reads the "
                    "window's events, the draft the IMU over the same window (needs --window)")
     g.add_argument("--window", metavar="START_US:END_US", help="the moment to describe, in µs on the recording's clock "
@@ -150,39 +169,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
-    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
     g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set holding this probability")
     _run_options(g)
     g.set_defaults(func=cmd_generate)
 
-    b = sub.add_parser("bench", help="benchmarks")
+
+def add_bench_parser(b: argparse.ArgumentParser) -> None:
     bsub = b.add_subparsers(dest="bench", required=True)
-    e = bsub.add_parser("engine", help="ours vs transformers on a controlled-agreement pair")
-    e.add_argument("--target-shape", default="cpu-100m", help="preset or key=value list (layers, hidden, heads, kv, ff, vocab)")
-    e.add_argument("--draft-shape", default="cpu-5m")
+    e = bsub.add_parser("engine", help="ours vs transformers on a controlled-agreement pair",
+                        description="ours vs transformers on a controlled-agreement pair", formatter_class=HelpFormatter)
+    e.add_argument("--target-shape", default="cpu-100m", help="preset (vicuna-7b, llama-68m, cpu-100m, cpu-5m) or "
+                   "key=value list (layers, hidden, heads, kv, ff, vocab)")
+    e.add_argument("--draft-shape", default="cpu-5m", help="preset or key=value list, as --target-shape")
     e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
     e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
-    e.add_argument("--gamma", type=int, default=4)
-    e.add_argument("--prompt-len", type=int, default=64)
-    e.add_argument("--new-tokens", type=int, default=128)
+    e.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    e.add_argument("--prompt-len", type=int, default=64, help="random prompt tokens")
+    e.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
     _run_options(e)
     e.set_defaults(func=cmd_bench_engine)
 
-    events_cli.add_inspect_events_parser(sub)
-    events_cli.add_simulate_events_parser(sub)
-    add_inspect_imu_parser(sub)
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    add_demo_parser(sub)
+
+def _command(argv: list[str]) -> str | None:
+    """The command named on the command line (the first word; the top level has no options but --help)."""
+    return next((w for w in argv if not w.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; of the commands, only the one ``argv`` names is built in full (all of them without ``argv``)."""
+    p = argparse.ArgumentParser(prog="imuspec", description=DESCRIPTION,
+                                formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = _command(argv) if argv is not None else None
+    for name, (module, adder, summary) in COMMANDS.items():
+        c = sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        if argv is None or name == wanted:
+            getattr(importlib.import_module(module), adder)(c)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = build_parser(argv).parse_args(argv)
     try:
         return a.func(a)
     except (ValueError, KeyError, FileNotFoundError) as e:

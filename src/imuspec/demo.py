@@ -13,7 +13,6 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
 
 WEIGHTS = Path(__file__).parent / "weights"
 DEMO_SEED = 1_000_011
@@ -80,15 +79,18 @@ def timed_runs(target, target_prompt, cfg, draft=None, draft_prompt=None, repeat
 
 
 def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max_new_tokens: int = 40,
-             plot_path: Path | None = Path("imuspec_demo.png"), repeats: int = 5) -> dict:
+             plot_path: Path | None = Path("imuspec_demo.png"), repeats: int = 5, threads: int | None = None) -> dict:
+    """``threads``: as ``--threads`` (see :func:`imuspec.runtime.set_threads`)."""
     from .events.render import eventgpt_frames
     from .families import open_draft, open_target
+    from .runtime import n_weights, set_threads
     from .speculative import GenerationConfig
     from .world import QUERY, make_sample
 
     sample = make_sample(seed)
     target = open_target(weights / "target")
     draft = open_draft(weights / "imu_draft", None, target.tokenizer)
+    set_threads(threads, n_weights(target.decoder))
     target_prompt, draft_prompt = target.embed(QUERY, sample.events), draft.embed(QUERY, sample)
     target.decoder.setup_cache(len(target_prompt) + max_new_tokens + gamma)
     draft.decoder.setup_cache(len(draft_prompt) + max_new_tokens + gamma)
@@ -114,14 +116,15 @@ def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max
     }
 
 
-def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the shipped IMU draft speeding up the shipped event target on an embedded sample")
+def add_demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="world seed of the sample (held out from training)")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="most tokens of the answer")
     p.add_argument("--plot", default="imuspec_demo.png", help="PNG to write ('' for none)")
     p.add_argument("--weights", default=str(WEIGHTS), help="folder with target/ and imu_draft/ (default: shipped)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
+                   "one: the shipped models' steps are too small to split)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -129,8 +132,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.text import Text
 
-    torch.set_num_threads(1)  # small models decode overhead-bound; more threads only spin (30x slower on a busy CPU)
-    r = run_demo(Path(a.weights), a.seed, a.gamma, a.max_new_tokens, Path(a.plot) if a.plot else None)
+    r = run_demo(Path(a.weights), a.seed, a.gamma, a.max_new_tokens, Path(a.plot) if a.plot else None,
+                 threads=a.threads)
     marks, sample = r.pop("_marks"), r.pop("_sample")
     if a.json:
         print(json.dumps(r))

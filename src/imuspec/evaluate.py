@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .runtime import add_run_options, n_weights, set_threads, torch_dtype
+
 if TYPE_CHECKING:  # the command's heavy imports wait until it runs
     import torch
 
@@ -165,7 +167,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import distributed
-    from .cli import DTYPES
     from .distributed import close, gather, init_distributed
     from .families import open_draft, open_target
     from .speculative import GenerationConfig
@@ -174,9 +175,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     own = init_distributed()  # this rank's device: its GPU under torchrun
     rank, world = distributed.rank(), distributed.world()
     dev = str(own) if a.device is None else a.device
-    dtype, query = DTYPES[a.dtype], _query(a)
+    dtype, query = torch_dtype(a.dtype), _query(a)
 
     target = open_target(a.target, dtype=dtype, device=dev)
+    set_threads(a.threads, n_weights(target.decoder))
     cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids))
     drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev)}
     if a.text_draft:
@@ -219,8 +221,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="target alone vs IMU draft vs text draft on paired samples: α, τ, c, speed-up")
+def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="EventGPT checkpoint folder")
     p.add_argument("--draft", required=True, help="IMU draft (LLaSA-family folder, e.g. a project-trained draft)")
     p.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
@@ -228,13 +229,12 @@ def add_eval_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="N samples of imuspec.world, seeds from --first-seed")
     src.add_argument("--aedat4", metavar="FILE", help="consecutive windows of a camera file with events and IMU")
-    p.add_argument("--first-seed", type=int, default=1_000_000)
+    p.add_argument("--first-seed", type=int, default=1_000_000,
+                   help="first world seed of --synthetic (seeds from 1,000,000 are never trained on)")
     p.add_argument("--window-us", type=int, default=50_000, help="window length for --aedat4 (µs)")
     p.add_argument("--query", help="the question (default: imuspec.world.QUERY)")
     p.add_argument("--out", required=True, help="folder for samples.jsonl, summary.json, eval.png")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="most tokens per answer")
+    p.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    add_run_options(p)
     p.set_defaults(func=cmd_eval)

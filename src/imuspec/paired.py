@@ -91,7 +91,7 @@ def aedat4_windows(path: str | Path, window_us: int = 50_000, hop_us: int | None
     if end - start < window_us:
         raise PairingError(f"{path}: the IMU (field 't': {_span_us(imu)[0]}..{_span_us(imu)[1]} µs) and the events "
                            f"({events.t[0]}..{events.t[-1]} µs) share {max(end - start, 0)} µs; expected at least "
-                           f"one window of {window_us} µs")
+                           f"one window of {window_us} µs (--window-us)")
     return [pair(imu, events, t0, t0 + window_us) for t0 in range(start, end - window_us + 1, hop_us)]
 
 

@@ -38,6 +38,7 @@ from .encoders.limu_bert import LimuBert, LimuBertConfig, mask_windows, span_mas
 from .events.render import CLIP_336
 from .model import Decoder, LlamaConfig
 from .multimodal import PLACEHOLDER_ID
+from .runtime import set_threads
 from .templates import Tokenizer, get_template
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<ev_patch>", "<ev_start>", "<ev_end>"]
@@ -416,9 +417,10 @@ def train_draft(cfg: RecipeConfig, data: dict, tok: Tokenizer, out: Path, device
 
 def recipe(cfg: RecipeConfig, out: Path, stages: list[str], data_path: Path | None = None) -> dict:
     """Run ``stages`` (in recipe order) into ``out``; returns wall times and loss curves, also in ``out/recipe.json``."""
+    data_path = data_path or out / "data.safetensors"
+    check_inputs(stages, out, data_path)
     device = init_distributed()
     out.mkdir(parents=True, exist_ok=True)
-    data_path = data_path or out / "data.safetensors"
     report = {"config": asdict(cfg), "world_size": world(), "device": str(device), "seconds": {}, "losses": {}}
     if (out / "recipe.json").exists():
         report = {**json.loads((out / "recipe.json").read_text()), "world_size": world(), "device": str(device)}
@@ -454,6 +456,21 @@ def recipe(cfg: RecipeConfig, out: Path, stages: list[str], data_path: Path | No
     return finish(report, out, t_all)
 
 
+NEEDS = {"target": ["data"], "limu-bert": ["data"], "teacher": ["data", "target"], "draft": ["data", "limu-bert", "teacher"],
+         "text-draft": ["data", "teacher"]}  # stage: the stages whose outputs it reads
+
+
+def check_inputs(stages: list[str], out: Path, data_path: Path) -> None:
+    """Every stage's inputs exist or come from an earlier stage of this run; else say which stage to run first."""
+    made = {"data": data_path, "target": out / "target" / "config.json",
+            "limu-bert": out / "limu_bert" / "model.safetensors", "teacher": out / "teacher.safetensors"}
+    for stage in stages:
+        for need in NEEDS.get(stage, []):
+            if need not in stages and not made[need].exists():
+                raise ValueError(f"train {stage}: {made[need]} is missing; stage '{need}' writes it: run "
+                                 f"'imuspec train {need} --out {out}' first (or 'imuspec train recipe --out {out}')")
+
+
 def finish(report: dict, out: Path, t_start: float) -> dict:
     report["seconds"]["total"] = report["seconds"].get("total", 0.0) + time.perf_counter() - t_start
     if rank() == 0:
@@ -472,16 +489,21 @@ def ship(out: Path, dest: Path) -> None:
 STAGES = ["data", "target", "limu-bert", "teacher", "draft", "text-draft"]
 
 
-def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the project's pair from its synthetic world (runs under torchrun)")
-    p.add_argument("stages", nargs="+", choices=STAGES + ["recipe"], help="'recipe' runs every stage in order")
+def add_train_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stages", nargs="+", choices=STAGES + ["recipe"],
+                   help="stages to run, in the recipe's order (each needs the ones before it); 'recipe' runs them all")
     p.add_argument("--out", required=True, help="folder for the data cache, checkpoints and recipe.json")
     p.add_argument("--data", help="data cache to read or write (default OUT/data.safetensors; its tokenizer/ beside it)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    p.add_argument("--n-samples", type=int)
-    p.add_argument("--loss", choices=["tvd", "fkl"])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                   help="model sizes and schedules: 'full' made the shipped pair, 'tiny' runs in seconds (tests)")
+    p.add_argument("--n-samples", type=int, help="world samples in the data cache "
+                   f"(default: the preset's, {PRESETS['full'].n_samples} for full)")
+    p.add_argument("--loss", choices=["tvd", "fkl"], help="draft distillation loss: tvd = total variation distance, "
+                   f"fkl = forward KL (default: the preset's, {PRESETS['full'].loss} for full)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs (quick runs)")
     p.add_argument("--ship", help="copy the trained models here afterwards (the package ships src/imuspec/weights)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
+                   "set, else from the model and batch sizes, at most the cores this process has)")
     p.set_defaults(func=cmd_train)
 
 
@@ -491,6 +513,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                   **{s: replace(getattr(cfg, s), epochs=getattr(cfg, s).epochs * a.epochs_scale)
                      for s in ("target_stage", "limu_stage", "draft_stage")})
     stages = STAGES if "recipe" in a.stages else [s for s in STAGES if s in a.stages]
+    h, layers = cfg.target["hidden_size"], cfg.target["num_hidden_layers"]
+    set_threads(a.threads, 12 * h * h * layers, cfg.target_stage.batch * cfg.max_positions)  # ~ the target's step
     report = recipe(cfg, Path(a.out), stages, Path(a.data) if a.data else None)
     if rank() == 0:
         print(json.dumps({"seconds": report["seconds"], "world_size": report["world_size"],

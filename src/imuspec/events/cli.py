@@ -11,10 +11,9 @@ from .render import eventgpt_frames
 from .simulator import SimulatorConfig, frames_from_video, simulate
 
 
-def add_inspect_events_parser(sub) -> None:
-    s = sub.add_parser("inspect-events", help="summarise an event file; optionally write EventGPT's frames as PNGs")
-    s.add_argument("file")
-    s.add_argument("--format", choices=sorted(FORMATS), help="default: from the file's suffix")
+def add_inspect_events_parser(s: argparse.ArgumentParser) -> None:
+    s.add_argument("file", help="event file: " + "; ".join(f"{k} ({v})" for k, v in FORMATS.items()))
+    s.add_argument("--format", choices=sorted(FORMATS), help="the file's format (default: from its suffix)")
     s.add_argument("--window-us", nargs=2, type=int, metavar=("T0", "T1"), help="only events with T0 <= t < T1")
     s.add_argument("--frames", metavar="DIR", help="write the 5 EventGPT frames as DIR/frame_{0..4}.png")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,19 +51,18 @@ def cmd_inspect_events(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_simulate_events_parser(sub) -> None:
-    s = sub.add_parser("simulate-events", help="turn a video into an event file (ESIM / v2e-style simulator)")
-    s.add_argument("video")
+def add_simulate_events_parser(s: argparse.ArgumentParser) -> None:
+    s.add_argument("video", help="video file (anything PyAV decodes)")
     s.add_argument("out", help="output: .h5/.hdf5 (DSEC layout) or .npy (EventGPT dict)")
     d = SimulatorConfig()
     s.add_argument("--c-on", type=float, default=d.c_on, help="ON contrast threshold (log intensity)")
     s.add_argument("--c-off", type=float, default=d.c_off, help="OFF contrast threshold")
     s.add_argument("--sigma", type=float, default=d.sigma, help="per-pixel threshold spread (std)")
-    s.add_argument("--refractory-us", type=float, default=d.refractory_us)
+    s.add_argument("--refractory-us", type=float, default=d.refractory_us, help="dead time of a pixel after an event")
     s.add_argument("--log-eps", type=float, default=d.log_eps, help="offset in log(I + eps), I in [0, 1]")
-    s.add_argument("--leak-rate-hz", type=float, default=d.leak_rate_hz)
-    s.add_argument("--shot-noise-rate-hz", type=float, default=d.shot_noise_rate_hz)
-    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--leak-rate-hz", type=float, default=d.leak_rate_hz, help="per-pixel leak (ON) event rate")
+    s.add_argument("--shot-noise-rate-hz", type=float, default=d.shot_noise_rate_hz, help="per-pixel noise event rate")
+    s.add_argument("--seed", type=int, default=d.seed, help="random seed (thresholds, noise)")
     s.set_defaults(func=cmd_simulate_events)
 
 

@@ -272,7 +272,7 @@ def format_of(path: str | Path) -> str:
     """The format a file's suffix names."""
     path = Path(path)
     if path.suffix.lower() not in _SUFFIX:
-        raise EventError(f"{path}: cannot tell the format from suffix {path.suffix!r}; pass format= one of: "
+        raise EventError(f"{path}: cannot tell the format from suffix {path.suffix!r}; give the format (--format on the command line, format= in Python), one of: "
                          + "; ".join(f"{k} ({v})" for k, v in FORMATS.items()))
     return _SUFFIX[path.suffix.lower()]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .readers import read_imu
+from .readers import READERS, read_imu
 from .recording import IMURecording
 
 
@@ -53,11 +53,11 @@ def cmd_inspect_imu(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_inspect_imu_parser(sub) -> None:
-    p = sub.add_parser("inspect-imu", help="read an IMU file and say what was read")
-    p.add_argument("file")
+def add_inspect_imu_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="IMU recording: CSV, .npy, SensorCaps / OpenSQA JSONL, .ts, .npz or AEDAT4")
     p.add_argument("--index", type=int, help="which recording of a multi-recording file (JSONL, .ts, .npz)")
-    p.add_argument("--format", help="force a reader instead of guessing from the extension / content")
+    p.add_argument("--format", choices=sorted(READERS),
+                   help="force a reader instead of guessing from the extension / content")
     p.add_argument("--plot", metavar="OUT.png", help="write the six channels as a PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect_imu)

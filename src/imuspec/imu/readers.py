@@ -318,7 +318,7 @@ def read_imu(path: str | Path, index: int | None = None, format: str | None = No
     recs = got if isinstance(got, list) else [got]
     if index is None:
         if len(recs) > 1:
-            raise IMUError(f"{path}: holds {len(recs)} recordings; pass an index in 0..{len(recs) - 1}")
+            raise IMUError(f"{path}: holds {len(recs)} recordings; pick one with --index (index= in Python) in 0..{len(recs) - 1}")
         index = 0
     if not -len(recs) <= index < len(recs):
         raise IMUError(f"{path}: index {index} is out of range; the file holds {len(recs)} recording(s)")
