@@ -11,6 +11,15 @@ from imuspec.speculative import GenerationConfig, Stats, generate
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def verify_cost_folder(tmp_path, monkeypatch):
+    """Adaptive sizing keeps the target's measured verify cost in the user's cache folder; tests keep it here."""
+    import imuspec.adapt
+
+    monkeypatch.setattr(imuspec.adapt, "cache_dir", lambda: tmp_path / "cache")
+    return tmp_path / "cache"
+
+
 def fixture_path(*parts: str) -> Path:
     """A file under ../shared/fixtures, or skip the test saying which one is missing."""
     p = FIXTURES.joinpath(*parts)

@@ -43,9 +43,23 @@ def test_generate_speculative_equals_target_alone(models, capsys):
     assert spec["token_ids"] == alone["token_ids"] and len(alone["token_ids"]) <= 12
     assert spec["text"] == alone["text"]
     st = spec["stats"]
-    assert set(st) == {"steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s"}
+    assert set(st) == {"steps", "accepted_per_step", "budget_per_step", "alpha", "tau", "draft_s", "target_s",
+                       "tokens_per_s"}
     assert len(st["accepted_per_step"]) == st["steps"] and 0 <= st["alpha"] <= 1 and st["tau"] >= 1
     assert alone["stats"]["alpha"] is None and alone["stats"]["tau"] == 1
+
+
+def test_generate_with_trees_and_auto_sizing_equals_target_alone(models, capsys):
+    target, draft = models
+    common = ["generate", "--target", str(target), "--prompt", "What is the person doing?", "--max-new-tokens", "40",
+              "--json"]
+    alone = run_json(capsys, *common)["token_ids"]
+    tree = run_json(capsys, *common, "--draft", str(draft), "--tree", "6", "--no-adapt")
+    assert tree["token_ids"] == alone and set(tree["stats"]["budget_per_step"]) == {6}
+    assert main([*common, "--draft", str(draft), "--gamma", "auto", "--tree", "auto"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["token_ids"] == alone
+    assert out.err.count("imuspec distill") == 1 and "--draft-layers" in out.err  # a random draft: drafting stopped
 
 
 def test_generate_sampling_through_the_console_script(models):

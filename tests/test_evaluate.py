@@ -96,15 +96,15 @@ def test_synthetic_samples_and_default_query(models, tmp_path, fake_world, capsy
 def test_a_differing_output_is_counted_loudly(models, tmp_path, fake_world, monkeypatch, capsys):
     import imuspec.speculative as spec
 
-    real = spec.generate
+    real = spec.generate_batch
 
-    def broken(target, prompt, cfg, draft=None, draft_prompt=None):
-        g = real(target, prompt, cfg, draft, draft_prompt)
+    def broken(target, prompts, cfg, draft=None, draft_prompts=None):
+        gens = real(target, prompts, cfg, draft, draft_prompts)
         if draft is not None:
-            g.tokens[-1] += 1
-        return g
+            gens[0].tokens[-1] += 1
+        return gens
 
-    monkeypatch.setattr(spec, "generate", broken)
+    monkeypatch.setattr(spec, "generate_batch", broken)
     assert main(args(models, tmp_path, "--synthetic", "1")) == 1
     err = capsys.readouterr().err
     assert "MISMATCH: sample 0, imu draft" in err and "error: 2 speculative outputs differ" in err
@@ -131,3 +131,17 @@ def test_imu_minus_text_is_paired_per_sample():
     # the paired interval is the t-interval of the differences (0.2, 0.3), narrower than either mode's own
     assert s["imu_minus_text"]["alpha"]["lo"] == pytest.approx(mean_ci([0.2, 0.3])["lo"])
     assert "imu-text" in format_table(s)
+
+
+def test_batches_give_the_one_row_outputs(models, tmp_path, fake_world):
+    """--batch-size 3 over 5 samples (batches of 3 and 2): every row's tokens and acceptance as decoded one by one."""
+    assert main(args(models, tmp_path / "one", "--synthetic", "5")) == 0
+    assert main(args(models, tmp_path / "three", "--synthetic", "5", "--batch-size", "3")) == 0
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "three")
+    assert [r["index"] for r in b] == list(range(5))
+    for ra, rb in zip(a, b):
+        for mode in ("target", "imu", "text"):
+            assert ra[mode]["tokens"] == rb[mode]["tokens"]
+        for mode in ("imu", "text"):
+            assert rb[mode]["identical_to_target"] and ra[mode]["alpha"] == rb[mode]["alpha"]
+    assert json.loads((tmp_path / "three" / "summary.json").read_text())["batch_size"] == 3

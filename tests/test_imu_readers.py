@@ -47,13 +47,13 @@ def test_ego4d_csv_reads_and_names_units(tmp_path):
     "edit, match",
     [
         (lambda t, a, g: (t, a, g, HEADER.replace("gyro_y", "gyro_q")), r"missing columns \['gyro_y'\]"),
-        (lambda t, a, g: (t, a.__setitem__((3, 1), np.nan) or a, g, HEADER), r"field 'accel': 1 non-finite.*sample 3"),
-        (lambda t, a, g: (t, a, g.__setitem__((7, 2), np.inf) or g, HEADER), r"field 'gyro': 1 non-finite.*sample 7"),
-        (lambda t, a, g: (t.__setitem__(10, t[8]) or t, a, g, HEADER), r"field 't': time goes back.*sample 10"),
-        (lambda t, a, g: (t.__setitem__(10, t[9]) or t, a, g, HEADER), r"field 't': duplicate timestamp.*samples 9 and 10"),
-        (lambda t, a, g: (np.concatenate([t[:25], t[25:] + 1000.0]), a, g, HEADER), r"field 't': gap of 1.02 s between samples 24 and 25"),
-        (lambda t, a, g: (t, a / G, g, HEADER), r"field 'accel': median \|accel\| is 0.99.*expected about 9.8 m/s\^2"),
-        (lambda t, a, g: (t, a, g + 57.0, HEADER), r"field 'gyro': 99th percentile \|gyro\| is 98.*rad/s.*expected below 40"),
+        (lambda t, a, g: (t, a.__setitem__((3, 1), np.nan) or a, g, HEADER), r"column 'accl_y', row 5: 1 non-finite.*sample 3"),
+        (lambda t, a, g: (t, a, g.__setitem__((7, 2), np.inf) or g, HEADER), r"column 'gyro_z', row 9: 1 non-finite.*sample 7"),
+        (lambda t, a, g: (t.__setitem__(10, t[8]) or t, a, g, HEADER), r"column 'canonical_timestamp_ms', row 12: time goes back.*sample 10"),
+        (lambda t, a, g: (t.__setitem__(10, t[9]) or t, a, g, HEADER), r"column 'canonical_timestamp_ms', row 12: duplicate timestamp.*samples 9 and 10"),
+        (lambda t, a, g: (np.concatenate([t[:25], t[25:] + 1000.0]), a, g, HEADER), r"column 'canonical_timestamp_ms', row 27: gap of 1.02 s between samples 24 and 25"),
+        (lambda t, a, g: (t, a / G, g, HEADER), r"columns 'accl_x', 'accl_y', 'accl_z': median \|accel\| is 0.99.*expected about 9.8 m/s\^2"),
+        (lambda t, a, g: (t, a, g + 57.0, HEADER), r"columns 'gyro_x', 'gyro_y', 'gyro_z': 99th percentile \|gyro\| is 98.*rad/s.*expected below 40"),
     ],
     ids=["missing_column", "nan", "inf", "non_monotonic", "duplicate", "gap", "accel_unit", "gyro_unit"],
 )
@@ -224,7 +224,7 @@ def test_aedat4_fixture_imu_stream():
 
 def test_aedat4_bad_input(tmp_path):
     (tmp_path / "bad.aedat4").write_bytes(b"#!AER-DAT4.0\r\nnot really")
-    with pytest.raises(ValueError, match="bad.aedat4: not a readable AEDAT 4 file"):
+    with pytest.raises(IMUError, match="bad.aedat4: truncated inside the AEDAT 4 header"):
         read_aedat4(tmp_path / "bad.aedat4")
 
 

@@ -108,7 +108,7 @@ def test_two_processes_give_the_one_process_loss_curve(run, tmp_path):
 
 
 def test_global_batch_must_split_evenly(monkeypatch):
-    monkeypatch.setattr("imuspec.train.world", lambda: 3)
+    monkeypatch.setattr("imuspec.distill.world", lambda: 3)
     model = torch.nn.Linear(2, 1)
     with pytest.raises(ValueError, match="not divisible by 3"):
         fit(model, lambda m, idx, epoch: m(torch.zeros(len(idx), 2)).sum(), 8, Stage(epochs=1, lr=1e-3, batch=8), 0, "x")

@@ -16,9 +16,10 @@ from transformers import PreTrainedTokenizerFast
 from conftest import fixture_path
 from imuspec.gguf import smollm2_folder
 from imuspec.model import Decoder, LlamaConfig
-from imuspec.sampling import Sampling, probs, sample, speculative_verify
-from imuspec.speculative import GenerationConfig, generate
+from imuspec.sampling import Sampling, probs, sample
+from imuspec.speculative import GenerationConfig, generate, generate_batch
 from imuspec.templates import Tokenizer
+from imuspec.tree import chain, sample_accept
 from imuspec.vocab import MappedDraft, Vocab, VocabPair, drafter
 
 # spaces, a newline, digits, non-ASCII (ï, é, ², —) and a character LLaMA-2 spells in byte-fallback pieces (𝄞)
@@ -130,7 +131,23 @@ def test_random_target_with_broken_bytes(gamma, llama):
     draft.setup_cache(200)
     cfg = GenerationConfig(max_new_tokens=40, gamma=gamma)
     alone = generate(target, tp, cfg)
-    assert generate(target, tp, cfg, drafter(draft, dtok, target, llama)[0], dp).tokens == alone.tokens
+    spec = generate(target, tp, cfg, drafter(draft, dtok, target, llama)[0], dp)
+    assert spec.tokens == alone.tokens
+    assert gamma > 1 or 0 in spec.stats.drafted_per_step  # steps where nothing is proposed yet (k = 0) still commit
+
+
+def test_mapped_draft_in_the_batched_loop(llama):
+    """Through the batched loop: adaptive chains ("auto", which may fall back to the target alone) keep the target's
+    greedy output; trees and batches of several rows are refused in one line."""
+    target, tp, draft, dp, _ = pair_for("bpe", llama, agree=True)
+    cfg = GenerationConfig(max_new_tokens=40, gamma="auto", eos_token_ids=(_eos(llama),))
+    alone = generate(target, tp, GenerationConfig(max_new_tokens=40, eos_token_ids=(_eos(llama),)))
+    auto = generate(target, tp, cfg, draft, dp)
+    assert auto.tokens == alone.tokens and sum(auto.stats.accepted_per_step) > 0
+    with pytest.raises(ValueError, match="plain chains for one row; got 1 rows, tree 4"):
+        generate(target, tp, GenerationConfig(max_new_tokens=8, tree=4), draft, dp)
+    with pytest.raises(ValueError, match="got 2 rows"):
+        generate_batch(target, [tp, tp], GenerationConfig(max_new_tokens=8), draft, [dp, dp])
 
 
 def test_bytes_round_trip_and_canonical_encoding(llama):
@@ -167,35 +184,35 @@ def word_vocab(words: list[str]) -> Vocab:
 
 
 def intersection_draw(pair: VocabPair, logits, s, gen):
+    """DRAWS drafted tokens [DRAWS] and the distribution q [V_target] they were drawn from."""
     q = pair.draft_probs(logits, s)
-    return sample(q, gen), q
+    return sample(q.expand(DRAWS, -1), gen), q
 
 
 def unrestricted_draw(pair: VocabPair, logits, s, gen):
     """Deliberately wrong: drafts over the whole draft vocabulary ("x" and "ab" re-tokenised to their first target
     token, "a"), and hands the verifier the draft's probabilities of the shared tokens."""
     p = probs(logits, s)
-    x = int(sample(p, gen))
-    first = {int(d): int(t) for d, t in zip(pair.shared_draft, pair.shared_target)}
+    first = torch.zeros(len(logits), dtype=torch.long)  # "x", "ab" -> "a" (id 0)
+    first[pair.shared_draft] = pair.shared_target
     q = torch.zeros(pair.target.size)
     q[pair.shared_target] = p[pair.shared_draft]
-    return torch.tensor(first.get(x, 0)), q
+    return first[sample(p.expand(DRAWS, -1), gen)], q
 
 
 @pytest.mark.parametrize("wrong", [False, True], ids=["intersection", "unrestricted"])
 @pytest.mark.parametrize("s", [Sampling(temperature=1.0), Sampling(temperature=0.7, top_p=0.9)], ids=["t1", "top_p"])
 def test_intersection_sampling_keeps_the_target_distribution(s, wrong):
+    """DRAWS one-token chains at once through the loop's own verifier (:func:`imuspec.tree.sample_accept`)."""
     pair = VocabPair.build(word_vocab(DRAFT_WORDS), word_vocab(TARGET_WORDS))
     assert pair.shared_draft.tolist() == [0, 1, 2] and pair.shared_target.tolist() == [0, 1, 2]
     draft_logits = torch.tensor([0.3, -0.5, 1.2, 1.0, 0.8])
     p = probs(torch.tensor([0.2, 1.0, -0.4, 0.9, 0.1, -1.0]), s)
-    draw = unrestricted_draw if wrong else intersection_draw
-    counts = np.zeros(pair.target.size)
-    for seed in np.random.SeedSequence(2026).generate_state(DRAWS):
-        gen = torch.Generator().manual_seed(int(seed))
-        t, q = draw(pair, draft_logits, s, gen)
-        n, nxt = speculative_verify(t.view(1), q[None], torch.stack([p, p]), gen)
-        counts[int(t) if n == 1 else int(nxt)] += 1
+    gen = torch.Generator().manual_seed(2026)
+    t, q = (unrestricted_draw if wrong else intersection_draw)(pair, draft_logits, s, gen)
+    tree = chain(torch.zeros(DRAWS, dtype=torch.long), t[:, None], q.expand(DRAWS, 1, -1))
+    n, nxt, _ = sample_accept(tree, p.expand(DRAWS, 2, -1), gen)
+    counts = np.bincount(torch.where(n == 1, t, nxt).numpy(), minlength=pair.target.size)
     expected = p.double().numpy() * DRAWS
     if counts[expected == 0].sum():
         pvalue = 0.0

@@ -14,9 +14,11 @@ _HOMES = {
     "Generation": "speculative",
     "GenerationConfig": "speculative",
     "generate": "speculative",
+    "generate_batch": "speculative",
     "Template": "templates",
     "Tokenizer": "templates",
     "get_template": "templates",
+    "TreeShape": "tree",
 }
 __all__ = sorted(_HOMES)
 

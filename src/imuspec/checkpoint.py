@@ -124,6 +124,7 @@ def save_decoder(decoder: Decoder, folder: str | Path, tokenizer=None) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(decoder.config.to_hf(), indent=1))
-    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(folder / "model.safetensors"))
+    tied = ("lm_head.weight",) if decoder.config.tie_word_embeddings else ()  # the embedding, stored once
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items() if k not in tied}, str(folder / "model.safetensors"))
     if tokenizer is not None:
         tokenizer.hf.save_pretrained(str(folder))

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 
 from .runtime import add_run_options, device, n_weights, set_threads, torch_dtype
 
@@ -24,6 +25,8 @@ COMMANDS = {
     "inspect-imu": ("imuspec.imu.inspect", "add_inspect_imu_parser", "read an IMU file and say what was read"),
     "train": ("imuspec.train", "add_train_parser",
               "train the project's pair from its synthetic world (runs under torchrun)"),
+    "distill": ("imuspec.distill", "add_distill_parser",
+                "distil a cheap draft against your target on unlabeled recordings (runs under torchrun)"),
     "eval": ("imuspec.evaluate", "add_eval_parser",
              "target alone vs IMU draft vs text draft on paired samples: alpha, tau, c, speed-up"),
     "demo": ("imuspec.demo", "add_demo_parser",
@@ -48,6 +51,16 @@ def _window(text: str) -> tuple[int, int]:
     except ValueError:
         raise ValueError(f"--window {text!r}: expected START_US:END_US, two integers (µs on the recording's clock)") from None
     return t0, t1
+
+
+def _count_or_auto(text: str) -> int | str:
+    """--gamma / --tree: a positive integer or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
 
 
 def _paired_sample(a: argparse.Namespace):
@@ -87,7 +100,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if sample and a.draft and not is_imu_draft(draft_kind(Path(a.draft))):
         imu = None  # a text-only draft next to a paired window
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
-                       a.target, dtype, dev) if a.draft else None
+                       a.target, dtype, dev, a.draft_layers) if a.draft else None
     set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
     cfg = GenerationConfig(
         max_new_tokens=a.max_new_tokens,
@@ -95,6 +108,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         sampling=Sampling(a.temperature, a.top_k, a.top_p),
         seed=a.seed,
         eos_token_ids=tuple(target.decoder.config.eos_ids),
+        tree=a.tree,
+        adapt=not a.no_adapt,
     )
     drafting = None
     if draft:
@@ -103,7 +118,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     for side, role in ((target, "target"), (draft, "draft")):
         if side is None:
             continue
-        need = len(side.prompt) + cfg.max_new_tokens + (cfg.gamma if draft else 0)
+        need = len(side.prompt) + cfg.max_new_tokens + (cfg.draft_slots if draft else 0)
         limit = side.decoder.config.max_position_embeddings
         if need > limit:
             raise ValueError(
@@ -111,15 +126,19 @@ def cmd_generate(a: argparse.Namespace) -> int:
                 f"--gamma {a.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}"
             )
         if role == "draft" and drafting is not draft.decoder:  # its own tokens may outnumber the target's
-            need = min(limit, need + cfg.max_new_tokens + cfg.gamma)
+            need = min(limit, need + cfg.max_new_tokens + cfg.draft_slots)
         side.decoder.setup_cache(need)
         if a.compile:
             side.decoder.compile_steps()
     g = generate(target.decoder, target.prompt, cfg, drafting, draft and draft.prompt)
     text = target.tokenizer.decode(g.tokens)
+    if g.stats.fallback:
+        from .adapt import fallback_message
+
+        print(fallback_message(g.stats.fallback), file=sys.stderr)
     if a.json:
         s = g.stats.to_dict()
-        keys = ("steps", "accepted_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
+        keys = ("steps", "accepted_per_step", "budget_per_step", "alpha", "tau", "draft_s", "target_s", "tokens_per_s")
         print(json.dumps({"text": text, "token_ids": g.tokens, "stats": {k: s[k] for k in keys}}))
     else:
         print(text)
@@ -137,7 +156,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
     set_threads(a.threads, n_params(parse_shape(a.target_shape)))
 
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
-                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile)
+                     device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree,
+                     batch=a.batch)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -169,8 +189,13 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--imu-index", type=int, help="which recording of a multi-recording file (SensorCaps, .ts, .npz)")
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
+    g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
-    g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    g.add_argument("--gamma", type=_count_or_auto, default=4, help="draft tokens per target forward, or auto")
+    g.add_argument("--tree", type=_count_or_auto, help="verify a token tree of N draft nodes per target forward "
+                   "(EAGLE-2), or auto: chains or trees sized to the measured costs")
+    g.add_argument("--no-adapt", action="store_true", help="keep --gamma / --tree fixed: no target-only fallback "
+                   "when drafting does not pay (for benchmarks)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     g.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set holding this probability")
@@ -188,9 +213,12 @@ def add_bench_parser(b: argparse.ArgumentParser) -> None:
     e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
     e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
     e.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    e.add_argument("--tree", type=_count_or_auto, help="a token tree of N draft nodes per step (or auto) instead of a chain")
     e.add_argument("--prompt-len", type=int, default=64, help="random prompt tokens")
     e.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
+    e.add_argument("--batch", type=int, default=1, help="rows decoded at once (prompts of different lengths), "
+                   "against transformers' batched generate")
     _run_options(e)
     e.set_defaults(func=cmd_bench_engine)
 
@@ -216,11 +244,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser(argv).parse_args(argv)
-    try:
-        return a.func(a)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return a.func(a)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """On the command line a warning (a recording read only in part, …) is one line, as an error is."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

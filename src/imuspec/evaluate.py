@@ -33,40 +33,48 @@ METRICS = ("alpha", "alpha_token", "tau", "c", "speedup", "tokens_per_s")
 
 def _fit(family: Family, prompt: torch.Tensor, cfg: GenerationConfig, role: str) -> None:
     """Grow the KV cache to this prompt + output + draft slots (never shrinks, so one allocation in a run)."""
-    need = len(prompt) + cfg.max_new_tokens + cfg.gamma
+    need = len(prompt) + cfg.max_new_tokens + cfg.draft_slots
     limit = family.decoder.config.max_position_embeddings
     if need > limit:
-        raise ValueError(f"the {role} prompt is {len(prompt)} tokens; with {cfg.max_new_tokens} new tokens and gamma "
-                         f"{cfg.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}")
+        raise ValueError(f"the {role} prompt is {len(prompt)} tokens; with {cfg.max_new_tokens} new tokens and "
+                         f"{cfg.draft_slots} draft slots it needs {need} positions, more than the {role}'s "
+                         f"max_position_embeddings {limit}")
     if family.decoder.max_len < need:
         family.decoder.setup_cache(need)
 
 
-def evaluate_sample(target: Family, drafts: dict[str, Family], sample: PairedSample, query: str,
-                    cfg: GenerationConfig, drafting: dict | None = None) -> dict:
-    """One sample: the target alone, then each draft in front of it (``drafting[name]``: what
-    :func:`imuspec.vocab.drafter` made of that draft, where its vocabulary differs)."""
-    from .speculative import generate
+def evaluate_samples(target: Family, drafts: dict[str, Family], samples: list[PairedSample], query: str,
+                     cfg: GenerationConfig, drafting: dict | None = None) -> list[dict]:
+    """A batch of samples, one row each: the target alone, then each draft in front of it (``drafting[name]``: what
+    :func:`imuspec.vocab.drafter` made of that draft, where its vocabulary differs). In a batch of more than one,
+    phase times are the batch's (c compares batched forwards) and wall_s, tokens/s and speed-up are each row's
+    latency within its batch."""
+    from .speculative import generate_batch
 
-    tp = target.embed(query, sample.events)
-    _fit(target, tp, cfg, "target")
-    alone = generate(target.decoder, tp, cfg)
-    a = alone.stats
-    per_token = a.target_s / a.steps if a.steps else None  # target seconds per decoded token, prefill excluded
-    row = {"target": {"tokens": alone.tokens, "text": target.tokenizer.decode(alone.tokens), "n_tokens": a.n_tokens,
-                      "wall_s": a.wall_s, "tokens_per_s": a.tokens_per_s}}
+    tps = [target.embed(query, s.events) for s in samples]
+    for tp in tps:
+        _fit(target, tp, cfg, "target")
+    alone = generate_batch(target.decoder, tps, cfg)
+    steps = max(g.stats.steps for g in alone)  # the batch's target forwards
+    per_token = alone[0].stats.target_s / steps if steps else None  # target seconds per decoded token, prefill excluded
+    rows = [{"target": {"tokens": g.tokens, "text": target.tokenizer.decode(g.tokens), "n_tokens": g.stats.n_tokens,
+                        "wall_s": g.stats.wall_s, "tokens_per_s": g.stats.tokens_per_s}} for g in alone]
     for name, draft in drafts.items():
-        dp = draft.embed(query, sample)
-        _fit(draft, dp, cfg, f"{name} draft")
-        g = generate(target.decoder, tp, cfg, (drafting or {}).get(name, draft.decoder), dp)
-        s, drafted = g.stats, sum(g.stats.drafted_per_step)
-        row[name] = {
-            "tokens": g.tokens, "n_tokens": s.n_tokens, "alpha": s.alpha, "alpha_token": s.alpha_token, "tau": s.tau,
-            "c": s.draft_s / drafted / per_token if drafted and per_token else None,
-            "tokens_per_s": s.tokens_per_s, "speedup": a.wall_s / s.wall_s, "identical_to_target": g.tokens == alone.tokens,
-            "draft_s": s.draft_s, "target_s": s.target_s, "wall_s": s.wall_s,
-        }
-    return row
+        dps = [draft.embed(query, s) for s in samples]
+        for dp in dps:
+            _fit(draft, dp, cfg, f"{name} draft")
+        gens = generate_batch(target.decoder, tps, cfg, (drafting or {}).get(name, draft.decoder), dps)
+        drafted = max(sum(g.stats.drafted_per_step) for g in gens)  # the batch's drafted depth
+        c = gens[0].stats.draft_s / drafted / per_token if drafted and per_token else None
+        for row, g, a in zip(rows, gens, alone):
+            s = g.stats
+            row[name] = {
+                "tokens": g.tokens, "n_tokens": s.n_tokens, "alpha": s.alpha, "alpha_token": s.alpha_token, "tau": s.tau,
+                "c": c, "tokens_per_s": s.tokens_per_s, "speedup": a.stats.wall_s / s.wall_s,
+                "identical_to_target": g.tokens == a.tokens,
+                "draft_s": s.draft_s, "target_s": s.target_s, "wall_s": s.wall_s,
+            }
+    return rows
 
 
 def mean_ci(values: list[float], level: float = 0.95) -> dict:
@@ -172,6 +180,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .speculative import GenerationConfig
     from .vocab import drafter
 
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive number of samples, got {a.batch_size}")
     own = init_distributed()  # this rank's device: its GPU under torchrun
     rank, world = distributed.rank(), distributed.world()
     dev = str(own) if a.device is None else a.device
@@ -179,22 +189,29 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     target = open_target(a.target, dtype=dtype, device=dev)
     set_threads(a.threads, n_weights(target.decoder))
-    cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids))
-    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev)}
+    cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids),
+                           tree=a.tree)
+    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev,
+                                layers=a.draft_layers)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
     pairs = {name: drafter(f.decoder, f.tokenizer, target.decoder, target.tokenizer) for name, f in drafts.items()}
     drafting, notes = {n: d for n, (d, _) in pairs.items()}, {n: p.note(True) for n, (_, p) in pairs.items()}
     if rank == 0:
         print("\n".join(f"{n} draft: {note}" for n, note in notes.items()), file=sys.stderr)
+    if a.batch_size > 1 and any(d is not drafts[n].decoder for n, d in drafting.items()):
+        raise ValueError(f"--batch-size {a.batch_size}: a draft with another vocabulary decodes one sample at a time "
+                         f"(--batch-size 1)")
     mine = _samples(a, rank, world)
     if mine:  # warm-up: every model once, untimed
-        evaluate_sample(target, drafts, mine[0][1], query, GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed),
-                        drafting)
+        evaluate_samples(target, drafts, [s for _, s in mine[:a.batch_size]], query,
+                         GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed, tree=a.tree), drafting)
     rows = []
-    for i, s in tqdm(mine, disable=rank != 0, desc="eval", unit="sample"):
-        row = {"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text, "meta": s.meta}
-        rows.append(row | evaluate_sample(target, drafts, s, query, cfg, drafting))
+    batches = [mine[k:k + a.batch_size] for k in range(0, len(mine), a.batch_size)]
+    for batch in tqdm(batches, disable=rank != 0, desc="eval", unit="batch"):
+        for (i, s), got in zip(batch, evaluate_samples(target, drafts, [s for _, s in batch], query, cfg, drafting)):
+            rows.append({"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text,
+                         "meta": s.meta} | got)
     rows = sorted(gather(rows), key=lambda r: r["index"])
     close()
     if rank != 0:
@@ -202,7 +219,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     modes = ["target", *drafts]
     summary = summarize(rows, modes) | {"command": sys.argv, "query": query, "device": dev, "dtype": a.dtype,
-                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "processes": world,
+                                        "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "tree": a.tree,
+                                        "batch_size": a.batch_size,
+                                        "processes": world,
                                         "vocabulary": notes}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +244,7 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="EventGPT checkpoint folder")
     p.add_argument("--draft", required=True, help="IMU draft (LLaSA-family folder, e.g. a project-trained draft)")
     p.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
+    p.add_argument("--draft-layers", type=int, metavar="K", help="keep the IMU draft LLM's first K layers")
     p.add_argument("--text-draft", help="text-only LLaMA folder (vicuna_v1 prompt; the target's tokenizer if none)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", type=int, metavar="N", help="N samples of imuspec.world, seeds from --first-seed")
@@ -236,5 +256,7 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for samples.jsonl, summary.json, eval.png")
     p.add_argument("--max-new-tokens", type=int, default=48, help="most tokens per answer")
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    p.add_argument("--tree", type=int, help="verify a token tree of N draft nodes per step instead of a chain")
+    p.add_argument("--batch-size", type=int, default=1, help="samples decoded at once (one row each)")
     add_run_options(p)
     p.set_defaults(func=cmd_eval)

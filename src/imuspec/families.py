@@ -122,11 +122,22 @@ def _span(x: IMURecording | PairedSample, n: int) -> np.ndarray:
 
 def open_draft(folder: str | Path, template: str | None, tokenizer: Tokenizer, imu_encoder: str | Path | None = None,
                chronos: str | Path | None = None, tokenizer_folder: str | Path | None = None, dtype=torch.float32,
-               device="cpu") -> Family:
+               device="cpu", layers: int | None = None) -> Family:
     """An IMU draft (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth``) whose input is an
     :class:`IMURecording` or a :class:`PairedSample`, or a text-only LLaMA draft, which borrows the target's
-    ``tokenizer`` when it has none (the vocabulary must be shared)."""
-    folder = Path(folder)
+    ``tokenizer`` when it has none (the vocabulary must be shared); ``layers`` keeps its LLM's first K layers."""
+    family = _open_draft(Path(folder), template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device)
+    if layers is not None:
+        from .model import first_layers
+
+        try:
+            first_layers(family.decoder, layers)
+        except ValueError as e:
+            raise ValueError(f"--draft-layers {layers}: the draft {folder}: {e}") from None
+    return family
+
+
+def _open_draft(folder: Path, template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device) -> Family:
     kind = draft_kind(folder)
     if not is_imu_draft(kind):
         return _text(folder, template, dtype, device, tokenizer)
@@ -156,7 +167,8 @@ def open_draft(folder: str | Path, template: str | None, tokenizer: Tokenizer, i
 def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: Tokenizer,
                imu: str | Path | PairedSample | None = None, imu_index: int | None = None,
                imu_encoder: str | Path | None = None, chronos: str | Path | None = None,
-               tokenizer_folder: str | Path | None = None, dtype=torch.float32, device="cpu") -> Side:
+               tokenizer_folder: str | Path | None = None, dtype=torch.float32, device="cpu",
+               layers: int | None = None) -> Side:
     """:func:`open_draft` prompted with ``imu``: a recording file (``imu_index`` picks one of several) or a paired
     sample; none for a text-only draft."""
     folder = Path(folder)
@@ -168,5 +180,5 @@ def load_draft(folder: str | Path, query: str, template: str | None, tokenizer: 
         from .imu import read_imu
 
         imu = read_imu(imu, imu_index)
-    family = open_draft(folder, template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device)
+    family = open_draft(folder, template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device, layers)
     return family.side(query, imu)

@@ -9,7 +9,7 @@ and its own T×T mask.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,12 @@ class KVCache(nn.Module):
         self.k[rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)
         self.v[rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
         return self.k, self.v
+
+    def move(self, src: Tensor, dst: Tensor) -> None:
+        """Copy slots ``src`` [B, n] to ``dst`` [B, n] (the right side is read before anything is written)."""
+        rows = torch.arange(src.shape[0], device=src.device)[:, None]
+        self.k[rows, :, dst] = self.k[rows, :, src]
+        self.v[rows, :, dst] = self.v[rows, :, src]
 
 
 class Attention(nn.Module):
@@ -281,6 +287,32 @@ class Decoder(nn.Module):
         """Forget every cached slot from ``length`` on (per row if a tensor). O(1): nothing is copied."""
         self.length.fill_(length) if isinstance(length, int) else self.length.copy_(length)
 
+    @property
+    def batch(self) -> int:
+        """Rows the cache holds."""
+        return self.length.shape[0]
+
+    def keep(self, src: Tensor, start: int | Tensor) -> None:
+        """Move the K/V of slots ``src`` [B, n] to [start, start + n) (``start`` per row if a tensor [B]) and set
+        the length to start + n.
+
+        After a tree verify, this makes the accepted path contiguous, so the cache equals a prefill of the kept
+        sequence; O(n) copies, never the whole cache. Rows that keep fewer pass any valid slots beyond their count
+        and roll back after: those land beyond their length.
+        """
+        start = torch.as_tensor(start, device=src.device)
+        dst = start.view(-1, 1) + torch.arange(src.shape[1], device=src.device).expand_as(src)
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache.move(src, dst)
+        self.rollback(start + src.shape[1])
+
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only cache rows ``rows`` [B'] (in that order): finished rows of a batch stop costing work."""
+        for layer in self.model.layers:
+            c = layer.self_attn.kv_cache
+            c.k, c.v = c.k[rows], c.v[rows]
+        self.length = self.length[rows]
+
     def compile_steps(self, fuse: bool = True) -> None:
         """Make :meth:`step` fast on a GPU: fused projections, and torch.compile's reduce-overhead mode, which fuses
         the small kernels and replays each step as a CUDA graph over the static cache.
@@ -332,8 +364,9 @@ class Decoder(nn.Module):
     ) -> Tensor:
         """Run T new tokens at cache slots [L, L+T) and return logits [B, T, V] (float32).
 
-        ``positions`` [B, T] are the RoPE positions (default: the slots); ``tree_mask`` [B, T, T] says which new
-        tokens see which (default: causal). Every new token sees all L cached ones.
+        ``positions`` [B, T] are the RoPE positions (default: the slots); ``tree_mask`` [B, T, W], W >= T, says which
+        of the last W slots (the new block and W − T cached ones before it, e.g. a draft tree's earlier levels) each
+        new token sees (default: causal). Every new token sees all cached slots before those W.
         """
         x = self.embed(ids) if embeds is None else embeds.to(self.dtype)
         b, t, _ = x.shape
@@ -347,10 +380,11 @@ class Decoder(nn.Module):
         if tree_mask is None:
             mask = key <= slots[:, :, None]  # [B, T, S]: the cached prefix and the causal part of the new block
         else:
-            rel = key - start  # [B, S], offset of each slot within the new block
-            inside = (rel >= 0) & (rel < t)
+            w = tree_mask.shape[-1]
+            rel = key - (start + t - w)  # [B, S], offset of each slot within the masked window
+            inside = (rel >= 0) & (rel < w)
             mask = (rel < 0)[:, None, :] | (
-                inside[:, None, :] & tree_mask.gather(-1, rel.clamp(0, t - 1)[:, None, :].expand(b, t, -1))
+                inside[:, None, :] & tree_mask.gather(-1, rel.clamp(0, w - 1)[:, None, :].expand(b, t, -1))
             )
         freqs = positions[..., None].float() * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -360,3 +394,13 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin, slots, mask)
         self.length += t
         return self.lm_head(self.model.norm(x)).float()
+
+
+def first_layers(decoder: Decoder, k: int) -> Decoder:
+    """``decoder`` cut to its first ``k`` layers (embeddings, final norm and LM head kept): a draft from a model."""
+    n = decoder.config.num_hidden_layers
+    if not 1 <= k <= n:
+        raise ValueError(f"K={k}, but the decoder has {n} layers; expected 1 <= K <= {n}")
+    decoder.model.layers = decoder.model.layers[:k]
+    decoder.config = replace(decoder.config, num_hidden_layers=k)
+    return decoder

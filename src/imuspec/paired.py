@@ -5,7 +5,7 @@ target reads :attr:`PairedSample.events` (events with t0 <= t < t1). Both share 
 event ``t`` in microseconds.
 
 Builders: :func:`pair` (recordings in memory), :func:`from_aedat4` / :func:`aedat4_windows` (one camera file holding
-both), :func:`from_files` (an IMU file and an event file or a video, on one clock). Each checks the window and
+both), :func:`windows` (sliding windows over two recordings), :func:`from_files` (an IMU file and an event file or a video, on one clock). Each checks the window and
 raises :class:`PairingError` naming both sources, the fields and the spans.
 """
 
@@ -82,14 +82,20 @@ def from_aedat4(path: str | Path, t0_us: int, t1_us: int) -> PairedSample:
 def aedat4_windows(path: str | Path, window_us: int = 50_000, hop_us: int | None = None) -> list[PairedSample]:
     """Consecutive windows of ``window_us`` every ``hop_us`` (default: no overlap) over the span both streams
     cover, from its start; the file is read once."""
-    imu, events = _read_aedat4(path)
-    hop_us = hop_us or window_us
+    return windows(*_read_aedat4(path), window_us, hop_us, str(path))
+
+
+def windows(imu: IMURecording, events: EventStream, window_us: int, hop_us: int | None = None,
+            source: str | None = None) -> list[PairedSample]:
+    """Windows of ``window_us`` every ``hop_us`` (default: no overlap) over the span an IMU recording and an event
+    stream on one clock both cover, from its start."""
+    where, hop_us = source or f"{imu.source} + {events.source}", hop_us or window_us
     if window_us <= 0 or hop_us <= 0:
-        raise PairingError(f"{path}: window {window_us} µs / hop {hop_us} µs; expected positive durations")
+        raise PairingError(f"{where}: window {window_us} µs / hop {hop_us} µs; expected positive durations")
     start = max(_span_us(imu)[0], int(events.t[0]))
     end = min(_span_us(imu)[1], int(events.t[-1]))
     if end - start < window_us:
-        raise PairingError(f"{path}: the IMU (field 't': {_span_us(imu)[0]}..{_span_us(imu)[1]} µs) and the events "
+        raise PairingError(f"{where}: the IMU (field 't': {_span_us(imu)[0]}..{_span_us(imu)[1]} µs) and the events "
                            f"({events.t[0]}..{events.t[-1]} µs) share {max(end - start, 0)} µs; expected at least "
                            f"one window of {window_us} µs (--window-us)")
     return [pair(imu, events, t0, t0 + window_us) for t0 in range(start, end - window_us + 1, hop_us)]

@@ -1,4 +1,4 @@
-"""Pure functions for sampling and speculative acceptance; everything stays on the device (no host sync).
+"""Pure functions for sampling; everything stays on the device (no host sync). Acceptance rules: :mod:`imuspec.tree`.
 
 Draft and target distributions go through the same :func:`probs` (temperature, top-k, top-p), so acceptance
 compares like with like and the output follows the target's *processed* distribution.
@@ -6,6 +6,7 @@ compares like with like and the output follows the target's *processed* distribu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,32 +43,19 @@ def probs(logits: Tensor, s: Sampling) -> Tensor:
     return p
 
 
-def sample(p: Tensor, generator: torch.Generator) -> Tensor:
+Generators = torch.Generator | Sequence[torch.Generator]  # one for the batch, or one per row (leading dimension)
+
+
+def draws(x: Tensor, gen: Generators, fill: str = "exponential_") -> Tensor:
+    """Fill ``x`` in place with random draws (``fill``: ``exponential_`` or ``uniform_``): all from one generator,
+    or row b from ``gen[b]``, so that each row of a batch draws exactly what it would draw decoded alone."""
+    if isinstance(gen, torch.Generator):
+        return getattr(x, fill)(generator=gen)
+    for row, g in zip(x, gen, strict=True):
+        getattr(row, fill)(generator=g)
+    return x
+
+
+def sample(p: Tensor, generator: Generators) -> Tensor:
     """One token per row of ``p`` [..., V]: argmax of p / Exp(1), an exact draw that needs no host sync."""
-    e = torch.empty_like(p).exponential_(generator=generator)
-    return (p / e).argmax(-1)
-
-
-def greedy_verify(draft: Tensor, target_logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Accept the longest prefix of ``draft`` [k] equal to the target's argmax; ``target_logits`` is [k+1, V].
-
-    Returns (number accepted, next token): the target's token at the first mismatch, or its bonus token.
-    """
-    best = target_logits.argmax(-1)
-    n = (draft == best[:-1]).long().cumprod(0).sum()
-    return n, best[n]
-
-
-def speculative_verify(draft: Tensor, q: Tensor, p: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Leviathan et al.'s rejection sampler: ``draft`` [k] drawn from ``q`` [k, V], target ``p`` [k+1, V].
-
-    Token i is kept with probability min(1, p/q); at the first rejection the next token comes from
-    norm(max(0, p − q)); if all k are kept, it comes from p[k] (the bonus).
-    """
-    k = draft.shape[0]
-    rows = torch.arange(k, device=draft.device)
-    u = torch.rand(k, generator=generator, device=draft.device)
-    keep = u * q[rows, draft] <= p[rows, draft]
-    n = keep.long().cumprod(0).sum()
-    residual = (p - torch.cat([q, q.new_zeros(1, q.shape[-1])])).clamp_min(0)[n]  # row k: q is 0, so this is p[k]
-    return n, sample(residual / residual.sum(), generator)
+    return (p / draws(torch.empty_like(p), generator)).argmax(-1)

@@ -1,49 +1,98 @@
-"""The draft/verify loop: chain speculative decoding (Leviathan et al. 2023; Chen et al. 2023), lossless.
+"""The draft/verify loop: speculative decoding with chains (Leviathan et al. 2023; Chen et al. 2023) and token
+trees (EAGLE-2; SpecInfer / Sequoia verification), lossless.
 
 Draft and target are each a :class:`~imuspec.model.Decoder` with its own prompt (token ids, or embeddings built by
-a multimodal prompt builder); they share only the vocabulary and the continuation. Each step the draft proposes up
-to γ tokens one at a time, the target scores all of them in one forward of γ+1 tokens, and the accepted prefix plus
-one target token is kept. Both caches are then rolled back to exactly the kept sequence.
+a multimodal prompt builder); they share only the vocabulary and the continuation. Each step the draft grows a tree
+(:mod:`imuspec.tree`; a chain of γ tokens is a tree of width 1), the target scores every node in one forward, and one
+root path plus one target token is kept. Both caches are then compacted to exactly the kept sequence.
 
-Cache invariants, which make rollback a length change: the target holds prompt + out[:-1]; the draft holds its
-prompt + out[:len(out) - len(pending)], ``pending`` being the committed tokens it has not seen yet. Tokens stay on
-the device; the loop reads back one small tensor per step (the accepted count and tokens), so with compiled steps
-(:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop. Every step
-drafts γ tokens, so the verify forward always has γ+1 tokens (one CUDA graph); what passes max_new_tokens is cut.
+Cache invariants: the target holds prompt + out[:-1]; the draft holds its prompt + out[:len(out) - len(pending)],
+``pending`` being the committed tokens it has not seen yet. After a verify the accepted path's K/V move to contiguous
+slots (:meth:`~imuspec.model.Decoder.keep`, O(kept)); for a chain they are already there. Tokens stay on the device;
+the loop reads back one small tensor per step (the accepted path and next token), so with compiled steps
+(:meth:`~imuspec.model.Decoder.compile_steps`) the GPU never waits on Python inside the draft loop of a chain. With
+``adapt`` the shape of each step is chosen from measured costs and acceptance (:mod:`imuspec.adapt`), down to
+target-only steps when drafting cannot pay; the output is the same whatever the shape.
+
+Batches (:func:`generate_batch`; :func:`generate` is its batch of one) run the same loop on B rows: every row keeps
+its own cache lengths, pending tokens and generator, the caches are never padded, and a finished row leaves the
+batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more.
+
+A draft with another vocabulary comes wrapped as a :class:`~imuspec.vocab.MappedDraft`
+(:func:`imuspec.vocab.drafter`): each step it proposes a chain of up to γ target tokens itself, re-synced from the
+committed ones (so no draft cache bookkeeping here), verified by the same lossless rules. It drafts chains only, one
+row, no confidence stop; adaptive sizing works for it as for any chain (the planner sees its proposals' lengths).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from .adapt import FixedPlan, Planner
 from .model import Decoder
-from .sampling import Sampling, greedy_verify, probs, sample, speculative_verify
+from .sampling import Generators, Sampling, probs, sample
+from .tree import TreeShape, chain, greedy_accept, grow, sample_accept, verify_logits
 from .vocab import MappedDraft
+
+AUTO_GAMMAS = (1, 2, 3, 4, 6, 8)  # chains "auto" chooses among
+AUTO_BUDGETS = (4, 8, 16, 32)  # trees "auto" chooses among (besides the chains)
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 128
-    gamma: int = 4  # draft tokens per step
+    gamma: int | str = 4  # draft tokens per step (a chain); "auto": chosen as decoding goes
     sampling: Sampling = Sampling()
     seed: int = 0
     eos_token_ids: tuple[int, ...] = ()  # stop after any of these (it is kept in the output)
+    tree: int | TreeShape | str | None = None  # None: a chain of gamma; N: an N-node tree; "auto": chosen (or chains)
+    adapt: bool = False  # choose each step's shape for speed, down to target-only steps (implied by "auto")
+    confidence: float = 0.0  # chains: stop drafting once the draft's top probability falls below this
+
+    def __post_init__(self):
+        for name, v in (("gamma", self.gamma), ("tree", self.tree)):
+            if isinstance(v, str) and v != "auto" or isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ValueError(f"{name}: expected a positive integer or 'auto', got {v!r}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adapt or "auto" in (self.gamma, self.tree)
+
+    def shapes(self) -> list[TreeShape]:
+        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
+        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
+        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
+        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
+        if self.tree is None:
+            return chains
+        if self.tree == "auto":
+            return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
+        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
+        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
+
+    @property
+    def draft_slots(self) -> int:
+        """Cache slots a step needs beyond the committed tokens (γ for a chain, the node count for a tree)."""
+        return max(sh.nodes for sh in self.shapes())
 
 
 @dataclass
 class Stats:
-    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens kept, per target forward
-    drafted_per_step: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)  # draft tokens kept (accepted depth), per forward
+    drafted_per_step: list[int] = field(default_factory=list)  # the tree's depth (γ for a chain)
     produced_per_step: list[int] = field(default_factory=list)  # tokens added to the output, per target forward
-    prefill_s: float = 0.0
+    budget_per_step: list[int] = field(default_factory=list)  # tree nodes verified (γ for a chain, 0: target alone)
+    fallback: dict | None = None  # set when adaptive sizing first fell back to target-only steps: {"alpha", "c"}
+    prefill_s: float = 0.0  # in a batch, phase times are the batch's (the same in every row)
     draft_s: float = 0.0  # draft forwards and sampling, excluding prefill
     target_s: float = 0.0  # target forwards and verification, excluding prefill
-    wall_s: float = 0.0  # the whole call
+    wall_s: float = 0.0  # the whole call; in a batch, until this row finished (its latency)
     n_tokens: int = 0
 
     @property
@@ -76,6 +125,8 @@ class Stats:
         return {
             "steps": self.steps,
             "accepted_per_step": self.accepted_per_step,
+            "budget_per_step": self.budget_per_step,
+            "fallback": self.fallback,
             "alpha": self.alpha,
             "tau": self.tau,
             "draft_s": self.draft_s,
@@ -119,34 +170,57 @@ class _Clock:
         return sum(self.spans[phase])
 
 
-def _forward(model: Decoder, prompt: Tensor) -> Tensor:
-    """Last-position logits for a prompt of token ids [T] or embeddings [T, H]."""
-    if prompt.is_floating_point():
-        return model(embeds=prompt[None])[0, -1]
-    return model(ids=prompt[None])[0, -1]
+ROW_FIELDS = ("max_new_tokens", "seed", "eos_token_ids")  # what the rows of one batch may set apart
 
 
-def _check(model: Decoder, prompt: Tensor, cfg: GenerationConfig, gamma: int, role: str) -> None:
-    if prompt.ndim not in (1, 2) or (prompt.ndim == 2) != prompt.is_floating_point() or len(prompt) == 0:
-        raise ValueError(f"{role} prompt: expected token ids [T] or embeddings [T, H], got {tuple(prompt.shape)}")
-    if prompt.ndim == 2 and prompt.shape[1] != model.config.hidden_size:
-        raise ValueError(f"{role} prompt embeddings have width {prompt.shape[1]}, the {role} expects {model.config.hidden_size}")
-    need = len(prompt) + cfg.max_new_tokens + gamma
-    if need > model.max_len:
-        raise ValueError(
-            f"{role}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {gamma} draft "
-            f"slots needs a cache of {need}, but the {role}'s cache holds {model.max_len} (setup_cache)"
-        )
+def _row_configs(cfg: GenerationConfig | Sequence[GenerationConfig], b: int) -> list[GenerationConfig]:
+    """One config per row; rows share everything but :data:`ROW_FIELDS` (one tree shape, one sampling rule)."""
+    cfgs = [cfg] * b if isinstance(cfg, GenerationConfig) else list(cfg)
+    if len(cfgs) != b:
+        raise ValueError(f"{len(cfgs)} generation configs for {b} prompts: give one, or one per row")
+    shared = [replace(c, max_new_tokens=1, seed=0, eos_token_ids=()) for c in cfgs]
+    for i, c in enumerate(shared):
+        if c != shared[0]:
+            raise ValueError(f"row {i}: its generation config differs from row 0's beyond {', '.join(ROW_FIELDS)}")
+    return cfgs
 
 
-def _verify(target: Decoder, last: Tensor, d: Tensor, q: Tensor | None, s: Sampling, gen: torch.Generator):
-    """One target forward over [last, d]; (accepted count, next token, both and d on the host)."""
-    logits = target.step(torch.cat([last, d])[None])[0]
-    if s.greedy:
-        n, nxt = greedy_verify(d, logits)
-    else:
-        n, nxt = speculative_verify(d, q, probs(logits, s), gen)
-    return n, nxt, torch.cat([n.view(1), nxt.view(1), d]).tolist()  # the one host sync per step
+def _check(model: Decoder, prompts: Sequence[Tensor], cfgs: list[GenerationConfig], slots: int, role: str) -> None:
+    """Refuse, before any work, a prompt that is malformed or does not fit the cache, naming its row."""
+    for i, (prompt, cfg) in enumerate(zip(prompts, cfgs, strict=True)):
+        who = role if len(prompts) == 1 else f"row {i}: {role}"
+        if prompt.ndim not in (1, 2) or (prompt.ndim == 2) != prompt.is_floating_point() or len(prompt) == 0:
+            raise ValueError(f"{who} prompt: expected token ids [T] or embeddings [T, H], got {tuple(prompt.shape)}")
+        if prompt.ndim == 2 and prompt.shape[1] != model.config.hidden_size:
+            raise ValueError(f"{who} prompt embeddings have width {prompt.shape[1]}, the {role} expects "
+                             f"{model.config.hidden_size}")
+        if prompt.ndim != prompts[0].ndim:
+            raise ValueError(f"{who} prompt is {'embeddings' if prompt.ndim == 2 else 'token ids'}, row 0's is not")
+        need = len(prompt) + cfg.max_new_tokens + slots
+        if need > model.max_len:
+            raise ValueError(
+                f"{who}: a prompt of {len(prompt)} tokens + max_new_tokens {cfg.max_new_tokens} + {slots} draft "
+                f"slots needs a cache of {need}, but the {role}'s cache holds {model.max_len} (setup_cache)"
+            )
+
+
+def prefill(model: Decoder, prompts: Sequence[Tensor]) -> Tensor:
+    """Last-position logits [B, V] of prompts of different lengths (ids or embeddings) in one forward. They are
+    right-padded: a row never attends to the pads after it, and its length is then set back to its prompt's, so
+    the pads lie beyond it (the cache itself is never padded)."""
+    lengths = torch.tensor([len(p) for p in prompts], device=model.device)
+    padded = torch.nn.utils.rnn.pad_sequence(list(prompts), batch_first=True)
+    model.rollback(0)
+    logits = model(embeds=padded) if padded.is_floating_point() else model(ids=padded)
+    model.rollback(lengths)
+    return logits[torch.arange(len(prompts), device=model.device), lengths - 1]
+
+
+def _padded(rows: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token lists of different lengths as a right-padded [B, P] tensor and their lengths [B]."""
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    return ids, torch.tensor([len(r) for r in rows], dtype=torch.long, device=device)
 
 
 def generate(
@@ -156,14 +230,35 @@ def generate(
     draft: Decoder | MappedDraft | None = None,
     draft_prompt: Tensor | None = None,
 ) -> Generation:
-    """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way.
+    """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way."""
+    return generate_batch(target, [target_prompt], cfg, draft, None if draft_prompt is None else [draft_prompt])[0]
 
-    A draft with another vocabulary comes wrapped as a :class:`~imuspec.vocab.MappedDraft` (see
-    :func:`imuspec.vocab.drafter`): it proposes target tokens itself and re-syncs from the committed ones.
+
+def generate_batch(
+    target: Decoder,
+    target_prompts: Sequence[Tensor],
+    cfg: GenerationConfig | Sequence[GenerationConfig],
+    draft: Decoder | MappedDraft | None = None,
+    draft_prompts: Sequence[Tensor] | None = None,
+) -> list[Generation]:
+    """Decode B rows at once (one prompt each for target and draft, any lengths); one :class:`Generation` per row.
+
+    ``cfg`` is one config for every row, or one per row differing only in :data:`ROW_FIELDS`. Each step every
+    unfinished row drafts, one target forward verifies all rows, and each row keeps its own accepted prefix (its
+    own cache lengths); a finished row leaves both caches' batches. Each row draws from its own generator, seeded
+    with its config's seed, so with a fixed shape (not ``adapt``, no ``confidence`` stop: those decide for the
+    whole batch) it gets exactly the tokens it would get decoded alone; in fp32 a batch's other reduction order can
+    only flip near-tied target logits (:func:`imuspec.bench.divergence` finds them). The caches are set up for B
+    rows here and given back with the batch they had.
     """
-    gamma = cfg.gamma if draft is not None else 0
-    _check(target, target_prompt, cfg, gamma, "target")
+    b = len(target_prompts)
+    if b == 0:
+        return []
+    cfgs = _row_configs(cfg, b)
+    slots = cfgs[0].draft_slots if draft is not None else 0
+    _check(target, target_prompts, cfgs, slots, "target")
     mapped = isinstance(draft, MappedDraft)
+    draft_model = draft.decoder if mapped else draft
     if draft is not None:
         if not mapped and draft.config.vocab_size != target.config.vocab_size:
             raise ValueError(
@@ -171,68 +266,122 @@ def generate(
                 f"({target.config.vocab_size}): wrap the draft with imuspec.vocab.drafter(draft, its tokenizer, "
                 f"target, the target's tokenizer)"
             )
-        if draft_prompt is None:
-            raise ValueError("a draft needs its own prompt (token ids or embeddings)")
-        _check(draft.decoder if mapped else draft, draft_prompt, cfg, gamma, "draft")
-        if gamma < 1:
-            raise ValueError(f"gamma must be >= 1 with a draft, got {gamma}")
-    s, dev = cfg.sampling, target.device
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gen))
-    clock, stats, wall = _Clock(dev), Stats(), time.perf_counter()
+        if mapped and (b > 1 or cfgs[0].tree is not None or cfgs[0].confidence):
+            raise ValueError(f"a draft with another vocabulary drafts plain chains for one row; got {b} rows, "
+                             f"tree {cfgs[0].tree!r}, confidence {cfgs[0].confidence}")
+        if draft_prompts is None or len(draft_prompts) != b:
+            raise ValueError(f"a draft needs its own prompt (token ids or embeddings) for each of the {b} rows")
+        _check(draft_model, draft_prompts, cfgs, slots, "draft")
+    s, dev = cfgs[0].sampling, target.device
+    gens: Generators = [torch.Generator(device=dev).manual_seed(c.seed) for c in cfgs]
+    pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gens))
+    clock, wall = _Clock(dev), time.perf_counter()
+    stats, outs = [Stats() for _ in range(b)], [[] for _ in range(b)]
+    c0 = cfgs[0]
+    planner = None if draft is None else Planner(target, c0.shapes()) if c0.adaptive else FixedPlan(c0.shapes()[0])
+    timed_draft = c0.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
+    models = [m for m in (target, draft_model) if m is not None]
+    entry = [m.batch for m in models]
+    for m in models:
+        if m.batch != b:
+            m.setup_cache(m.max_len, b)
 
     with torch.inference_mode():
-        target.rollback(0)
         with clock("prefill"):
-            last = pick(_forward(target, target_prompt)).view(1)  # the newest token; the target has not seen it
+            last = pick(prefill(target, target_prompts))  # [B] the newest tokens; the target has not seen them
             if mapped:
-                draft.start(draft_prompt)
+                draft.start(draft_prompts[0])
             elif draft is not None:
-                draft.rollback(0)
-                _forward(draft, draft_prompt)
-        out, pending = [int(last)], last  # pending: the committed tokens the draft has not seen (1 or 2)
-        t_len, d_len = len(target_prompt), (len(draft_prompt) if draft is not None else 0)
+                prefill(draft, draft_prompts)
+        rows = list(range(b))  # the row of each cache row still decoding
+        t_len, d_len = target.length.clone(), draft_model.length.clone() if draft is not None else None
+        pending, n_pend = last[:, None], torch.ones(b, dtype=torch.long, device=dev)  # what the draft has not seen
+        news, steps = [[t] for t in last.tolist()], None  # per cache row: tokens to commit, (accepted, depth, nodes)
 
-        while len(out) < cfg.max_new_tokens and out[-1] not in cfg.eos_token_ids:
-            if draft is None:
+        while True:
+            done = []
+            for j, r in enumerate(rows):
+                c, out = cfgs[r], outs[r]
+                room = c.max_new_tokens - len(out)
+                stop = next((i + 1 for i, t in enumerate(news[j][:room]) if t in c.eos_token_ids),
+                            min(len(news[j]), room))
+                out += news[j][:stop]
+                if steps is not None:
+                    n, depth, nodes = steps[j]
+                    stats[r].accepted_per_step.append(n)
+                    stats[r].drafted_per_step.append(depth)
+                    stats[r].produced_per_step.append(stop)
+                    stats[r].budget_per_step.append(nodes)
+                if len(out) >= c.max_new_tokens or out and out[-1] in c.eos_token_ids:
+                    stats[r].wall_s = time.perf_counter() - wall
+                    done.append(j)
+            if len(done) == len(rows):
+                break
+            if done:  # compact the batch: finished rows leave both caches
+                live = [j for j in range(len(rows)) if j not in done]
+                idx = torch.tensor(live, device=dev)
+                for m in models:
+                    m.keep_rows(idx)
+                rows, gens = [rows[j] for j in live], [gens[j] for j in live]
+                last, t_len, n_pend = last[idx], t_len[idx], n_pend[idx]
+                pending = pending[idx, :int(n_pend.max())]
+                d_len = d_len[idx] if draft is not None else None
+
+            shape = planner.next_shape() if planner is not None else None
+            t0 = time.perf_counter()
+            if shape is None:  # the target alone (no draft, or drafting does not pay now)
                 with clock("target"):
-                    last = pick(target.step(last[None])[0, -1]).view(1)
-                    n, new = 0, [int(last)]
-            elif mapped:  # proposals in target ids; no rollback to do here (it re-syncs from `out`)
-                with clock("draft"):
-                    d, q = draft.propose(out, gamma, s, gen)
-                with clock("target"):
-                    n, nxt, host = _verify(target, last, d, q, s, gen)
-                n, new, last = host[0], host[2:2 + host[0]] + [host[1]], nxt.view(1)
+                    last = pick(target.step(last[:, None])[:, -1])
+                    news = [[t] for t in last.tolist()]
+                steps, t_draft = [(0, 0, 0)] * len(rows), 0.0
+                t_len = t_len + 1
+                if draft is not None and not mapped:  # the draft's backlog grows by the new token, after each row's own
+                    pending = torch.cat([pending, torch.zeros_like(last)[:, None]], 1).scatter(1, n_pend[:, None], last[:, None])
+                    n_pend = n_pend + 1
             else:
                 with clock("draft"):
-                    x, drafted, qs = pending, [], []
-                    for _ in range(gamma):
-                        logits = draft.step(x[None])[0, -1]
-                        if s.greedy:
-                            x = logits.argmax(-1, keepdim=True)
-                        else:
-                            qs.append(probs(logits, s))
-                            x = sample(qs[-1], gen).view(1)
-                        drafted.append(x)
-                    d = torch.cat(drafted)
+                    if mapped:  # proposals in target ids, re-synced from everything committed
+                        d, q = draft.propose(outs[rows[0]], shape.depth, s, gens[0])
+                        tree = chain(last, d[None], None if q is None else q[None])
+                    else:
+                        tree = grow(draft, pending, d_len, shape, s, gens, n_pend)
+                    if timed_draft:
+                        torch.cuda.synchronize()
+                t_draft = time.perf_counter() - t0
                 with clock("target"):
-                    n, nxt, host = _verify(target, last, d, None if s.greedy else torch.stack(qs), s, gen)
-                n, new = host[0], host[2:2 + host[0]] + [host[1]]
-                keep = min(n, gamma - 1)  # the draft has seen pending + d[:gamma-1]
-                d_len += len(pending) + keep
-                draft.rollback(d_len)
-                last = nxt.view(1)
-                pending = torch.cat([d[keep:n], last])
-            t_len += 1 + n
+                    logits = verify_logits(target, tree, t_len)
+                    if s.greedy:
+                        n, nxt, path = greedy_accept(tree, logits)
+                    else:
+                        n, nxt, path = sample_accept(tree, probs(logits, s), gens)
+                    dslot = tree.draft_slot.gather(1, path)
+                    # the one host sync per step: per row depth, next token, and the path's tokens and draft slots
+                    host = torch.cat([n[:, None], nxt[:, None], tree.tokens.gather(1, path), dslot], 1).tolist()
+                news = [h[3:3 + h[0]] + [h[1]] for h in host]
+                if not tree.is_chain:  # a chain's accepted tokens already sit at t_len + 1 ... t_len + n
+                    target.keep(t_len[:, None] + path[:, 1:], t_len + 1)
+                if not mapped:  # the draft keeps the path nodes it has seen; the rest waits in pending
+                    d = path.shape[1]
+                    seen = [sum(x >= 0 for x in h[2 + d + 1:2 + d + 1 + h[0]]) for h in host]
+                    base = d_len + n_pend
+                    if not tree.is_chain and max(seen):  # rows that saw fewer move junk beyond their length
+                        draft.keep(dslot[:, 1:1 + max(seen)].clamp_min(0), base)
+                    d_len = base + torch.tensor(seen, device=dev)
+                    draft.rollback(d_len)
+                    pending, n_pend = _padded([h[3 + k:3 + h[0]] + [h[1]] for h, k in zip(host, seen)], dev)
+                last, t_len = nxt, t_len + 1 + n
+                steps = [(h[0], tree.max_depth, tree.size) for h in host]
             target.rollback(t_len)
-            room = cfg.max_new_tokens - len(out)
-            stop = next((i + 1 for i, t in enumerate(new[:room]) if t in cfg.eos_token_ids), min(len(new), room))
-            out += new[:stop]
-            stats.accepted_per_step.append(n)
-            stats.drafted_per_step.append(0 if draft is None else len(d))
-            stats.produced_per_step.append(stop)
+            if planner is not None:
+                t_verify = time.perf_counter() - t0 - t_draft
+                for n_row, depth, nodes in steps:
+                    planner.update(shape, depth, n_row, nodes, t_draft, t_verify)
 
-    stats.prefill_s, stats.draft_s, stats.target_s = (clock.total(p) for p in ("prefill", "draft", "target"))
-    stats.wall_s, stats.n_tokens = time.perf_counter() - wall, len(out)
-    return Generation(out, stats)
+    for m, rows_before in zip(models, entry):
+        if m.batch != rows_before:
+            m.setup_cache(m.max_len, rows_before)
+    phases = [clock.total(p) for p in ("prefill", "draft", "target")]
+    for st, out in zip(stats, outs):
+        st.prefill_s, st.draft_s, st.target_s = phases
+        st.n_tokens, st.fallback = len(out), planner and planner.fallback
+    return [Generation(out, st) for out, st in zip(outs, stats)]

@@ -11,6 +11,8 @@ Stages, in order; ``imuspec train recipe`` runs them all, each also runs alone, 
    of the same size, distilled on those distributions with forward KL or total variation distance (what acceptance
    depends on: a greedy draft's token is accepted iff it is the target's argmax; a sampled one with prob. 1 − TV).
 
+The generic pieces (the optimiser schedule and DDP loop :func:`~imuspec.distill.fit`, the distillation losses) are
+:mod:`imuspec.distill`'s, which distils drafts for any user's target; this module is the world-specific recipe.
 Models train as transformers' ``LlamaForCausalLM`` (the reference implementation, same parameter names) and are saved
 in the families' original layouts, so :class:`~imuspec.models.eventgpt.EventGPT` and
 :class:`~imuspec.models.llasa.LLaSA` load them like any real checkpoint.
@@ -28,31 +30,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import save_decoder
+from .distill import Stage, decoder_from, distillation, fit, hf_llama, pad, valid
 from .distributed import barrier, close, gather, init_distributed, rank, unshard, world
 from .encoders.limu_bert import LimuBert, LimuBertConfig, mask_windows, span_mask
 from .events.render import CLIP_336
-from .model import Decoder, LlamaConfig
+from .model import LlamaConfig
 from .multimodal import PLACEHOLDER_ID
 from .runtime import set_threads
 from .templates import Tokenizer, get_template
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<ev_patch>", "<ev_start>", "<ev_end>"]
 MEAN, STD = torch.tensor(CLIP_336["image_mean"]), torch.tensor(CLIP_336["image_std"])
-
-
-@dataclass(frozen=True)
-class Stage:
-    """AdamW with linear warm-up and cosine decay over ``epochs`` passes in global batches of ``batch``."""
-
-    epochs: float
-    lr: float
-    batch: int = 32
-    warmup: int = 20
 
 
 @dataclass(frozen=True)
@@ -157,30 +149,9 @@ def llama_config(shape: dict, tok: Tokenizer, cfg: RecipeConfig) -> LlamaConfig:
                        eos_token_id=tok.eos_id, **shape)
 
 
-def hf_llama(c: LlamaConfig) -> nn.Module:
-    from transformers import LlamaConfig as HFConfig
-    from transformers import LlamaForCausalLM
-
-    return LlamaForCausalLM(HFConfig(**c.to_hf()))
-
-
-def decoder_from(lm: nn.Module, c: LlamaConfig) -> Decoder:
-    """Our inference decoder with a trained ``LlamaForCausalLM``'s weights (the names are the same)."""
-    d = Decoder(c)
-    d.load_state_dict(lm.state_dict())
-    return d
-
-
 def answer_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Each narration as the target should answer it: its tokens, then EOS."""
     return [tok.encode(t, bos=False) + [tok.eos_id] for t in texts]
-
-
-def pad(seqs: list[list[int]], value: int, device) -> tuple[Tensor, Tensor]:
-    """Right-padded [N, T] and the lengths [N]."""
-    n = max(map(len, seqs))
-    out = torch.tensor([s + [value] * (n - len(s)) for s in seqs], device=device)
-    return out, torch.tensor([len(s) for s in seqs], device=device)
 
 
 # --- models as trained -------------------------------------------------------------------------------------------
@@ -205,28 +176,11 @@ class PromptedLM(nn.Module):
         return self.lm(inputs_embeds=torch.cat(parts, 1), logits_to_keep=answer.shape[1] + 1).logits[:, :-1]
 
 
-def valid(lengths: Tensor, t: int) -> Tensor:
-    return torch.arange(t, device=lengths.device) < lengths[:, None]
-
-
 def cross_entropy(logits: Tensor, answer: Tensor, lengths: Tensor) -> Tensor:
     """Mean over the batch of each sample's mean token cross-entropy."""
     m = valid(lengths, answer.shape[1])
     ce = F.cross_entropy(logits.float().transpose(1, 2), answer, reduction="none")
     return ((ce * m).sum(1) / lengths).mean()
-
-
-def distillation(logits: Tensor, teacher: Tensor, lengths: Tensor, kind: str) -> Tensor:
-    """Forward KL(p ‖ q) or total variation ½‖p − q‖₁ between the teacher's p and the draft's q, per sample mean."""
-    m = valid(lengths, teacher.shape[1])
-    p, logq = teacher.float(), F.log_softmax(logits.float(), -1)
-    if kind == "fkl":
-        d = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
-    elif kind == "tvd":
-        d = 0.5 * (p - logq.exp()).abs().sum(-1)
-    else:
-        raise ValueError(f"distillation loss {kind!r}; expected 'fkl' or 'tvd'")
-    return ((d * m).sum(1) / lengths).mean()
 
 
 class MaskedReconstruction(nn.Module):
@@ -239,49 +193,6 @@ class MaskedReconstruction(nn.Module):
 
     def forward(self, masked: Tensor, positions: Tensor, truth: Tensor) -> Tensor:
         return F.mse_loss(self.model.reconstruct(masked, positions), truth)
-
-
-# --- the loop ----------------------------------------------------------------------------------------------------
-
-def fit(model: nn.Module, loss_of, n: int, stage: Stage, seed: int, desc: str) -> list[float]:
-    """Train ``model`` on ``n`` examples; ``loss_of(module, idx, epoch)`` is the mean loss of examples ``idx`` through
-    ``module`` (DDP-wrapped when distributed). Each rank takes its share of every global batch, so k processes give
-    the same steps as one; returns the loss of each step averaged over the global batch."""
-    from torch.nn.parallel import DistributedDataParallel
-    from tqdm import tqdm
-
-    if stage.batch % world():
-        raise ValueError(f"{desc}: global batch {stage.batch} is not divisible by {world()} processes")
-    if n < stage.batch:
-        raise ValueError(f"{desc}: {n} examples, fewer than one global batch of {stage.batch}")
-    module = DistributedDataParallel(model) if dist.is_initialized() else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
-    per_epoch = max(1, n // stage.batch)
-    total = max(1, round(stage.epochs * per_epoch))
-    warm = min(stage.warmup, total // 4 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
-    g = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(n, generator=g)[: per_epoch * stage.batch] for _ in range(-(-total // per_epoch))])
-    losses, bar = [], tqdm(range(total), desc=desc, disable=rank() != 0, unit="step")
-    model.train()
-    for step in bar:
-        idx = order[step * stage.batch:(step + 1) * stage.batch][rank()::world()]
-        loss = loss_of(module, idx, step // per_epoch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        value = loss.detach().clone()
-        if dist.is_initialized():
-            dist.all_reduce(value)
-            value /= world()
-        losses.append(float(value))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    model.eval()
-    return losses
 
 
 # --- stages --------------------------------------------------------------------------------------------------------

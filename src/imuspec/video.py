@@ -8,6 +8,7 @@ antialiasing), centre crop 224 — and, unlike the original, no random horizonta
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .events.stream import RecordingWarning
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,19 +52,32 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def iter_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
-    """Every frame of the first video stream in presentation order, as (time in s, RGB uint8 [H, W, 3])."""
+    """Every frame of the first video stream in presentation order, as (time in s, RGB uint8 [H, W, 3]).
+
+    A file cut short (a recorder that stopped) or corrupt past some point yields the frames before it and warns
+    (:class:`~imuspec.events.stream.RecordingWarning`) up to which time it could be decoded."""
     path = Path(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or 0)
-        i = 0
+        i, t, failure = 0, None, None
         try:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else (i / rate if rate else float(i))
                 yield t, frame.to_ndarray(format="rgb24")
                 i += 1
         except av.error.FFmpegError as e:
-            raise VideoError(f"{path}: decoding failed after {i} frames ({e})") from None
+            if i == 0:
+                raise VideoError(f"{path}: decoding failed at the first frame ({e})") from None
+            failure = f"decoding stopped: {e}"
+        expected = stream.frames
+        if failure or (expected and i < expected):
+            length = (float(stream.duration * stream.time_base) if stream.duration else
+                      container.duration / 1e6 if container.duration else None)
+            of = f" of {length:.3f} s" if length else ""
+            warnings.warn(f"{path}: the video could be decoded only up to {t:.3f} s{of} ({i} of "
+                          f"{expected or 'an unknown number of'} frames; {failure or 'the file ends early'}): "
+                          "cut or corrupt after that", RecordingWarning, stacklevel=2)
 
 
 def count_frames(path: str | Path) -> int:

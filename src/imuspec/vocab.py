@@ -9,16 +9,16 @@ byte-level BPE through GPT-2's byte↔character table). The continuation is the 
   last one could still merge with what the draft would say next, unless the draft ended with EOS);
 * sampling (*intersection*): the draft samples only tokens whose bytes are one target token too, renormalised, so
   each draft token is exactly one target token with a known probability q; the target's usual rejection rule
-  (:func:`~imuspec.sampling.speculative_verify`) then keeps the output exactly the target's distribution. The cost:
+  (:func:`~imuspec.tree.sample_accept` on the chain) then keeps the output exactly the target's distribution. The cost:
   the target's mass outside the intersection can never be drafted, so α ≤ Σ_{t∈∩} min(p, q) ≤ p(∩) — a small
   intersection caps acceptance at the target's mass on it (the output stays exact; only speed is lost).
 
 In both modes the committed target tokens are re-encoded into the draft's vocabulary and the draft's cache is rolled
 back to the longest common prefix with what it holds, so the draft always sees the canonical encoding of the text.
 
-The hook into the decode loop (:func:`imuspec.speculative.generate`) is :meth:`MappedDraft.propose`: given the
+The hook into the decode loop (:func:`imuspec.speculative.generate_batch`) is :meth:`MappedDraft.propose`: given the
 committed target tokens it returns target-vocabulary proposals (and their q when sampling); the loop verifies them as
-a same-vocabulary draft's, and needs no rollback of its own for this draft.
+a chain (:func:`imuspec.tree.chain`) like a same-vocabulary draft's, and needs no rollback of its own for this draft.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .readers import FORMATS, format_of, read_events, write_events
 from .render import eventgpt_frames
-from .simulator import SimulatorConfig, frames_from_video, simulate
+from .simulator import SimulatorConfig, frames_from_video, simulate, simulate_to_h5
 
 
 def add_inspect_events_parser(s: argparse.ArgumentParser) -> None:
@@ -53,7 +53,8 @@ def cmd_inspect_events(a: argparse.Namespace) -> int:
 
 def add_simulate_events_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("video", help="video file (anything PyAV decodes)")
-    s.add_argument("out", help="output: .h5/.hdf5 (DSEC layout) or .npy (EventGPT dict)")
+    s.add_argument("out", help="output: .h5/.hdf5 (DSEC layout, written as it goes, in bounded memory) or .npy "
+                   "(EventGPT dict, held in memory)")
     d = SimulatorConfig()
     s.add_argument("--c-on", type=float, default=d.c_on, help="ON contrast threshold (log intensity)")
     s.add_argument("--c-off", type=float, default=d.c_off, help="OFF contrast threshold")
@@ -71,9 +72,14 @@ def cmd_simulate_events(a: argparse.Namespace) -> int:
 
     cfg = SimulatorConfig(a.c_on, a.c_off, a.sigma, a.refractory_us, a.log_eps, a.leak_rate_hz,
                           a.shot_noise_rate_hz, a.seed)
-    frames = frames_from_video(a.video)
-    stream = simulate(frames, cfg, source=str(a.video), total=count_frames(a.video))
-    write_events(stream, a.out)
-    print(f"{a.out}: {len(stream)} events, {stream.width}x{stream.height}, {stream.duration_us} µs, "
-          f"ON fraction {stream.p.mean():.3f}")
+    frames, total = frames_from_video(a.video), count_frames(a.video)
+    if Path(a.out).suffix.lower() in (".h5", ".hdf5"):  # streamed: memory of one frame interval, whatever the length
+        info = simulate_to_h5(frames, a.out, cfg, source=str(a.video), total=total)
+    else:  # EventGPT's .npy is one pickled dict: the whole stream in memory
+        stream = simulate(frames, cfg, source=str(a.video), total=total)
+        write_events(stream, a.out)
+        info = {"n_events": len(stream), "width": stream.width, "height": stream.height,
+                "duration_us": stream.duration_us, "on_fraction": float(stream.p.mean())}
+    print(f"{a.out}: {info['n_events']} events, {info['width']}x{info['height']}, {info['duration_us']} µs, "
+          f"ON fraction {info['on_fraction']:.3f}")
     return 0

@@ -5,7 +5,8 @@ Formats (``FORMATS``):
 - ``npy``: EventGPT's ``.npy`` (a pickled dict ``{x, y, t, p}``, read through a restricted unpickler that builds only
   numpy arrays, dtypes and plain containers — never arbitrary objects) or a ``.npy`` holding a NumPy structured array
   with fields ``x, y, t, p`` (read with ``allow_pickle=False``).
-- ``aedat4``: iniVation AEDAT 4 through the ``aedat`` package; :func:`read_aedat4` also returns IMU samples and frames.
+- ``aedat4``: iniVation AEDAT 4 through the ``aedat`` package (the container walked by :mod:`.aedat4`, so a cut file
+  yields its whole packets); :func:`read_aedat4` also returns IMU samples and frames.
 - ``txt``: one event per line, ``t x y p`` with ``t`` in seconds (the Event Camera Dataset); an optional first line
   ``width height``.  ``txt-xytp``: ``x y t p`` with ``t`` in integer microseconds.
 - ``h5``: the DSEC layout, ``events/{x,y,t,p}`` (``t`` in µs after ``t_offset``) and ``ms_to_idx`` for windows.
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .stream import EventError, EventStream
+from .. import npyfile
+from . import aedat4
+from .stream import EventError, EventStream, RecordingWarning
 
 FORMATS = {
     "npy": "EventGPT pickled dict {x, y, t, p} or a structured array with fields x, y, t, p (.npy)",
@@ -35,10 +39,21 @@ FORMATS = {
 _SUFFIX = {".npy": "npy", ".aedat4": "aedat4", ".txt": "txt", ".h5": "h5", ".hdf5": "h5"}
 
 
+MAX_SENSOR = 4096  # pixels on a side; no event camera comes near (the largest are 1280x720)
+
+
 def _stream(path, x, y, t, p, sensor_size) -> EventStream:
     if len(t) == 0:
         raise EventError(f"{path}: the file holds no events, expected at least one")
     width, height = sensor_size if sensor_size else (int(np.max(x)) + 1, int(np.max(y)) + 1)
+    if not sensor_size:
+        for name, a, side in (("x", x, "width"), ("y", y, "height")):
+            if int(np.max(a)) >= MAX_SENSOR:
+                i = int(np.argmax(a))
+                warnings.warn(f"{path}: field {name!r}: {name}[{i}] = {a[i]} makes the inferred sensor {side} "
+                              f"{int(a[i]) + 1}, beyond any event camera's (> {MAX_SENSOR}); kept, as EventGPT does "
+                              "(the scene is rendered small in the frame) — pass sensor_size to crop",
+                              RecordingWarning, stacklevel=3)
     return EventStream(np.asarray(x), np.asarray(y), np.asarray(t).astype(np.int64), np.asarray(p), width, height,
                        str(path))
 
@@ -84,26 +99,30 @@ def safe_unpickle(data: bytes, source: str):
     before it is constructed, so a pickle that would run code runs nothing."""
     try:
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise EventError(f"{source}: refused to unpickle: {e}") from None
+    # a corrupt pickle fails in many ways (bad opcodes, memo keys, numpy's __setstate__): all of them a bad file
+    except Exception as e:  # noqa: BLE001
+        raise EventError(f"{source}: refused to unpickle: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
 def _read_npy(path: Path, sensor_size) -> EventStream:
     with open(path, "rb") as f:
+        size = path.stat().st_size
         try:
-            version = np.lib.format.read_magic(f)
-            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            _, _, dtype = reader(f)
+            _, _, dtype, _ = npyfile.read_header(f, size)
+            if dtype.hasobject:
+                obj = safe_unpickle(f.read(), str(path))
+                if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
+                    obj = obj.item()
+                if not isinstance(obj, dict):
+                    raise EventError(f"{path}: the pickle holds a {type(obj).__name__}, expected a dict with keys "
+                                     "x, y, t, p")
+                return from_mapping(obj, str(path), sensor_size)
+            f.seek(0)
+            arr = npyfile.load(f, size)
+        except EventError:
+            raise
         except ValueError as e:
-            raise EventError(f"{path}: not a .npy file ({e})") from None
-        if dtype.hasobject:
-            obj = safe_unpickle(f.read(), str(path))
-            if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
-                obj = obj.item()
-            if not isinstance(obj, dict):
-                raise EventError(f"{path}: the pickle holds a {type(obj).__name__}, expected a dict with keys x, y, t, p")
-            return from_mapping(obj, str(path), sensor_size)
-    arr = np.load(path, allow_pickle=False)
+            raise EventError(f"{path}: {e}") from None
     return from_structured(arr, str(path), sensor_size)
 
 
@@ -141,42 +160,28 @@ class Aedat4Recording:
 
 
 def read_aedat4(path: str | Path, sensor_size=None) -> Aedat4Recording:
-    import aedat
-
+    """Every whole packet of the file; a cut or partly corrupt file warns with what was read and what was lost."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    try:
-        decoder = aedat.Decoder(str(path))
-        streams = decoder.id_to_stream()
-        events, imus, frames = [], [], []
-        for packet in decoder:
-            if "events" in packet:
-                events.append(packet["events"])
-            elif "imus" in packet:
-                imus.append(packet["imus"])
-            elif "frame" in packet:
-                frames.append((int(packet["frame"]["t"]), packet["frame"]["pixels"]))
-    except (OSError, RuntimeError) as e:
-        raise EventError(f"{path}: not a readable AEDAT 4 file ({e})") from None
+    ev, imu, frames, streams = aedat4.read(path)
     sizes = [(s["width"], s["height"]) for s in streams.values() if s["type"] == "events"]
     if not sizes:
         raise EventError(f"{path}: no event stream, expected one of type 'events' (found {list(streams.values())})")
-    ev = np.concatenate(events) if events else np.zeros(0, dtype=[("t", "<u8"), ("x", "<u2"), ("y", "<u2"), ("on", "?")])
     stream = _stream(path, ev["x"], ev["y"], ev["t"], ev["on"], sensor_size or sizes[0])
-    return Aedat4Recording(stream, np.concatenate(imus) if imus else None, frames or None)
+    return Aedat4Recording(stream, imu, frames)
 
 
 # --- text ------------------------------------------------------------------------------------------------------
 
 def _read_text(path: Path, columns: str, sensor_size) -> EventStream:
-    with open(path) as f:
-        first = f.readline().split()
-    skip = 0
-    if len(first) == 2:  # a 'width height' header line
-        skip, sensor_size = 1, sensor_size or (int(first[0]), int(first[1]))
     try:
-        data = np.loadtxt(path, dtype=np.float64, skiprows=skip, ndmin=2)
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().split()
+        skip = 0
+        if len(first) == 2:  # a 'width height' header line
+            skip, sensor_size = 1, sensor_size or (int(first[0]), int(first[1]))
+        data = np.loadtxt(path, dtype=np.float64, skiprows=skip, ndmin=2, encoding="utf-8")
     except ValueError as e:
         raise EventError(f"{path}: not a '{' '.join(columns)}' event text file ({e})") from None
     if data.size == 0:
@@ -202,9 +207,20 @@ def _read_text(path: Path, columns: str, sensor_size) -> EventStream:
 
 def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | None = None) -> EventStream:
     """DSEC ``events.h5``; with ``window_us=(t0, t1)`` only that window is read, located through ``ms_to_idx``."""
+    path = Path(path)
+    try:
+        return _read_h5(path, sensor_size, window_us)
+    except EventError:
+        raise
+    # libhdf5 reports a corrupt file as OSError, KeyError, RuntimeError, TypeError, ... depending on where it breaks
+    except Exception as e:  # noqa: BLE001
+        raise EventError(f"{path}: not a readable HDF5 event file ({' '.join(str(e).split()) or type(e).__name__})"
+                         ) from None
+
+
+def _read_h5(path: Path, sensor_size, window_us) -> EventStream:
     import h5py
 
-    path = Path(path)
     with h5py.File(path, "r") as f:
         if "events" not in f:
             raise EventError(f"{path}: group 'events' missing, expected events/x, events/y, events/t, events/p")
@@ -212,6 +228,10 @@ def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | Non
         missing = [k for k in "xytp" if k not in g]
         if missing:
             raise EventError(f"{path}: dataset(s) {['events/' + k for k in missing]} missing")
+        n = {len(g[k]) for k in "xytp"}
+        if len(n) != 1:
+            raise EventError(f"{path}: datasets events/x, y, t, p have lengths {[len(g[k]) for k in 'xytp']}, "
+                             "expected equal lengths")
         offset = int(f["t_offset"][()]) if "t_offset" in f else 0
         i, j = 0, len(g["t"])
         if window_us is not None:
@@ -228,27 +248,71 @@ def read_h5(path: str | Path, sensor_size=None, window_us: tuple[int, int] | Non
             i, j = i + int(a), i + int(b)
             if i >= j:
                 raise EventError(f"{path}: no events in window [{t0}, {t1}) µs")
+        claimed = sum((j - i) * g[k].dtype.itemsize for k in "xytp")
+        if claimed > 2000 * path.stat().st_size:  # beyond any compression of event data: a corrupt header
+            raise EventError(f"{path}: the datasets claim {j - i} events ({claimed} bytes) in a file of "
+                             f"{path.stat().st_size} bytes; corrupt")
         x, y, t, p = (g[k][i:j] for k in "xytp")
         if sensor_size is None and "width" in g.attrs and "height" in g.attrs:
             sensor_size = (int(g.attrs["width"]), int(g.attrs["height"]))
     return _stream(path, x, y, t.astype(np.int64) + offset, p, sensor_size)
 
 
+class H5EventWriter:
+    """Events appended in time order, chunk by chunk, to a DSEC-layout file: memory holds one chunk, not the stream.
+
+    ``t`` is stored after ``t_offset`` (the first event's time) as int64 µs; ``ms_to_idx[k]`` (the first event at or
+    after k ms) is filled as chunks arrive, each entry once the chunk holding it is known."""
+
+    def __init__(self, path: str | Path):
+        import h5py
+
+        self.path, self.f = Path(path), h5py.File(path, "w")
+        g = self.f.create_group("events")
+        self.ds = {k: g.create_dataset(k, shape=(0,), maxshape=(None,), dtype=dt, chunks=(1 << 16,), compression="gzip",
+                                       compression_opts=1)
+                   for k, dt in (("x", np.uint16), ("y", np.uint16), ("t", np.int64), ("p", np.uint8))}
+        self.n, self.n_on, self.offset, self.t_last, self.ms_to_idx = 0, 0, None, None, []
+
+    def append(self, x: np.ndarray, y: np.ndarray, t: np.ndarray, p: np.ndarray) -> None:
+        if len(t) == 0:
+            return
+        t = np.asarray(t, dtype=np.int64)
+        if self.offset is None:
+            self.offset = int(t[0])
+        if (self.t_last is not None and t[0] < self.t_last) or (np.diff(t) < 0).any():
+            raise EventError(f"{self.path}: events appended out of time order; expected non-decreasing 't'")
+        rel = t - self.offset
+        k = np.arange(len(self.ms_to_idx), rel[-1] // 1000 + 1) * 1000  # the ms marks this chunk reaches
+        self.ms_to_idx.extend((self.n + np.searchsorted(rel, k, side="left")).tolist())
+        for name, a in (("x", x), ("y", y), ("t", rel), ("p", p)):
+            d = self.ds[name]
+            d.resize((self.n + len(t),))
+            d[self.n:] = a
+        self.n, self.n_on, self.t_last = self.n + len(t), self.n_on + int(np.count_nonzero(p)), int(t[-1])
+
+    def close(self, width: int, height: int) -> None:
+        """Finish the index and the attributes; a file without events is refused (and removed)."""
+        if self.n == 0:
+            self.abort()
+            raise EventError(f"{self.path}: no events to write, expected at least one")
+        self.ms_to_idx.append(self.n)  # the mark after the last event, as DSEC's files end
+        self.f["events"].attrs["width"], self.f["events"].attrs["height"] = width, height
+        self.f.create_dataset("ms_to_idx", data=np.asarray(self.ms_to_idx, dtype=np.uint64))
+        self.f.create_dataset("t_offset", data=np.int64(self.offset))
+        self.f.close()
+
+    def abort(self) -> None:
+        """Close and remove the unfinished file."""
+        self.f.close()
+        self.path.unlink(missing_ok=True)
+
+
 def write_h5(stream: EventStream, path: str | Path) -> None:
     """Write ``stream`` in the DSEC layout (with ``ms_to_idx``, ``t_offset`` and the sensor size as attributes)."""
-    import h5py
-
-    offset = int(stream.t[0])
-    t = stream.t - offset
-    ms_to_idx = np.searchsorted(t, np.arange(0, t[-1] // 1000 + 2) * 1000, side="left").astype(np.uint64)
-    with h5py.File(path, "w") as f:
-        g = f.create_group("events")
-        for k, a in (("x", stream.x), ("y", stream.y), ("t", t.astype(np.uint32 if t[-1] < 2**32 else np.int64)),
-                     ("p", stream.p)):
-            g.create_dataset(k, data=a, compression="gzip", compression_opts=1)
-        g.attrs["width"], g.attrs["height"] = stream.width, stream.height
-        f.create_dataset("ms_to_idx", data=ms_to_idx)
-        f.create_dataset("t_offset", data=np.int64(offset))
+    w = H5EventWriter(path)
+    w.append(stream.x, stream.y, stream.t, stream.p)
+    w.close(stream.width, stream.height)
 
 
 def write_npy(stream: EventStream, path: str | Path) -> None:

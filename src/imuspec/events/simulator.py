@@ -122,10 +122,11 @@ class EventSimulator:
         return (j >= j0) & (np.mod(j - j0, m) == 0)
 
 
-def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig = SimulatorConfig(),
-             source: str = "<simulated>", total: int | None = None) -> EventStream:
-    """Events of a whole sequence of (frame, timestamp in µs); a tqdm bar shows progress on inputs of over 300 frames
-    (``total`` frames, where known)."""
+def simulate_chunks(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig = SimulatorConfig(),
+                    source: str = "<simulated>", total: int | None = None
+                    ) -> Iterator[tuple[EventSimulator, tuple[np.ndarray, ...]]]:
+    """(simulator, events (x, y, t int64 µs, p)) of each frame interval, in time order — memory for one interval, so
+    a long video streams; a tqdm bar shows progress on inputs of over 300 frames (``total`` frames, where known)."""
     from tqdm import tqdm
 
     frames = iter(frames)
@@ -135,13 +136,46 @@ def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig
         raise EventError(f"{source}: no frames, expected at least two") from None
     sim = EventSimulator(first, t_first, config)
     bar = tqdm(frames, total=total and total - 1, disable=(total or 0) <= 300, unit="frame", desc="simulating events")
-    chunks = [sim.step(f, t) for f, t in bar]
-    if not chunks:
+    stepped = False
+    for f, t in bar:
+        x, y, te, p = sim.step(f, t)
+        stepped = True
+        yield sim, (x, y, np.floor(te).astype(np.int64), p)
+    if not stepped:
         raise EventError(f"{source}: one frame, expected at least two")
+
+
+def simulate(frames: Iterable[tuple[np.ndarray, float]], config: SimulatorConfig = SimulatorConfig(),
+             source: str = "<simulated>", total: int | None = None) -> EventStream:
+    """Events of a whole sequence of (frame, timestamp in µs), held in memory (:func:`simulate_to_h5` streams)."""
+    chunks, sim = [], None
+    for sim, c in simulate_chunks(frames, config, source, total):
+        chunks.append(c)
     x, y, t, p = (np.concatenate(c) for c in zip(*chunks))
     if len(t) == 0:
         raise EventError(f"{source}: the frames produced no events (no pixel changed by a contrast threshold)")
-    return EventStream(x, y, np.floor(t).astype(np.int64), p, sim.width, sim.height, source)
+    return EventStream(x, y, t, p, sim.width, sim.height, source)
+
+
+def simulate_to_h5(frames: Iterable[tuple[np.ndarray, float]], path: str | Path,
+                   config: SimulatorConfig = SimulatorConfig(), source: str = "<simulated>",
+                   total: int | None = None) -> dict:
+    """Simulate into a DSEC-layout HDF5 file chunk by chunk: memory does not grow with the video's length.
+    Returns a summary (events, sensor size, span, ON fraction)."""
+    from .readers import H5EventWriter
+
+    w, sim = H5EventWriter(path), None
+    try:
+        for sim, (x, y, t, p) in simulate_chunks(frames, config, source, total):
+            w.append(x, y, t, p)
+        if w.n == 0:
+            raise EventError(f"{source}: the frames produced no events (no pixel changed by a contrast threshold)")
+    except BaseException:
+        w.abort()
+        raise
+    w.close(sim.width, sim.height)
+    return {"n_events": w.n, "width": sim.width, "height": sim.height, "duration_us": w.t_last - w.offset,
+            "on_fraction": w.n_on / w.n}
 
 
 def frames_from_video(path: str | Path) -> Iterator[tuple[np.ndarray, float]]:

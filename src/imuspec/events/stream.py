@@ -15,6 +15,10 @@ class EventError(ValueError):
     """An event file or stream that does not hold what the reader or the model expects."""
 
 
+class RecordingWarning(UserWarning):
+    """A recording that was read, but not all of it (cut, corrupt parts) or with values no sensor gives."""
+
+
 @dataclass(frozen=True)
 class EventStream:
     """Events as parallel arrays: ``x``, ``y`` (uint16 pixels), ``t`` (int64 µs, non-decreasing), ``p`` (uint8, 1 = ON).

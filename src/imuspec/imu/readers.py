@@ -18,12 +18,16 @@ Files are never unpickled (``allow_pickle=False``).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from .. import npyfile
 from .recording import IMUError, IMURecording
 
 EGO4D_COLUMNS = {
@@ -55,10 +59,15 @@ def from_array(
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] not in (6, 9):
         raise IMUError(f"{source}: field 'data': shape {data.shape}; expected [N, 6] (accel xyz, gyro xyz) or [N, 9]")
+    if data.dtype.kind not in "iuf":
+        raise IMUError(f"{source}: field 'data': dtype {data.dtype}; expected real numbers (accel xyz, gyro xyz)")
     if t is None:
         t = np.arange(len(data)) / rate_hz
     mag = data[:, 6:9] if data.shape[1] == 9 else None
     return IMURecording(t, data[:, :3], data[:, 3:6], accel_unit, gyro_unit, rate_hz, source, format, mag=mag, **kw)
+
+
+CSV_CHUNK_ROWS = 1 << 16  # rows parsed at a time: memory holds one chunk of text, not the file
 
 
 def read_csv(
@@ -69,9 +78,15 @@ def read_csv(
     gyro_unit: str = "rad/s",
     rate_hz: float | None = None,
     format: str = "csv",
+    window_s: tuple[float, float] | None = None,
     **kw,
 ) -> IMURecording:
-    """A CSV with a header; ``columns`` maps t, accel_{x,y,z}, gyro_{x,y,z} (and optionally mag_*) to its names."""
+    """A CSV with a header; ``columns`` maps t, accel_{x,y,z}, gyro_{x,y,z} (and optionally mag_*) to its names.
+
+    Read in chunks of rows: memory grows with the rows kept, not with the file, and with ``window_s=(t0, t1)``
+    (seconds on the file's clock) only rows with ``t0 <= t < t1`` are kept and reading stops at the first row past
+    ``t1``. Errors name the file's own column and row.
+    """
     path = Path(path)
     need = ["t"] + [f"{s}_{a}" for s in ("accel", "gyro") for a in "xyz"]
     missing_keys = [k for k in need if k not in columns]
@@ -79,41 +94,115 @@ def read_csv(
         raise IMUError(f"column map for {path}: no entry for {missing_keys}; expected keys {need} (+ optional mag_*)")
     if time_unit not in _TIME_SCALE:
         raise IMUError(f"{path}: time unit {time_unit!r} is unknown; expected one of {list(_TIME_SCALE)}")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise IMUError(f"{path}: empty file; expected a header row naming the columns")
-    header = [h.strip() for h in rows[0]]
     keys = need + [f"mag_{a}" for a in "xyz" if f"mag_{a}" in columns]
-    absent = [columns[k] for k in keys if columns[k] not in header]
-    if absent:
-        raise IMUError(f"{path}: missing columns {absent}; the header has {header}")
-    idx = [header.index(columns[k]) for k in keys]
-    values = np.empty((len(rows) - 1, len(keys)))
-    for r, row in enumerate(rows[1:]):
-        for j, (k, i) in enumerate(zip(keys, idx)):
+    scale = _TIME_SCALE[time_unit]
+    rows, first_row = 2, None  # rows: the file's row number (1 = the header) of the next line
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(_csv_rows([f.readline()], path, 1), None)
+        if not header:
+            raise IMUError(f"{path}: empty file; expected a header row naming the columns")
+        header = [h.strip() for h in header]
+        absent = [columns[k] for k in keys if columns[k] not in header]
+        if absent:
+            raise IMUError(f"{path}: missing columns {absent}; the header has {header}")
+        idx = [header.index(columns[k]) for k in keys]
+        groups = [(0, 1), (1, 4), (4, 7)] + ([(7, 10)] if len(keys) == 10 else [])  # t, accel, gyro, mag
+        parts: list[list[np.ndarray]] = [[] for _ in groups]  # per group, so each is joined and freed in turn
+        while lines := list(itertools.islice(f, CSV_CHUNK_ROWS)):
+            values = _parse_rows(lines, idx, [columns[k] for k in keys], path, rows)
+            at = rows
+            rows += len(lines)
+            t = values[:, 0] * scale
+            if window_s is not None:
+                keep = (t >= window_s[0]) & (t < window_s[1])
+                first_row = first_row or (at + int(np.argmax(keep)) if keep.any() else None)
+                values, past = values[keep], t[-1] >= window_s[1]
+            for part, (a, b) in zip(parts, groups):
+                part.append(np.array(values[:, a:b]))
+            if window_s is not None and past:
+                break
+    if not parts[0]:
+        raise IMUError(f"{path}: a header and no data rows; expected one row per sample")
+    joined = []
+    for part in parts:
+        joined.append(np.concatenate(part))
+        part.clear()
+    t, accel, gyro, *mag = joined
+    t = t[:, 0] * scale
+    if window_s is not None and len(t) == 0:
+        raise IMUError(f"{path}: column '{columns['t']}' has no row in the window [{window_s[0]}, {window_s[1]}) s")
+    try:
+        return IMURecording(t, accel, gyro, accel_unit, gyro_unit, rate_hz or _rate_from(t), str(path), format,
+                            mag=mag[0] if mag else None, **kw)
+    except IMUError as e:
+        raise _in_columns(e, path, columns, first_row or 2) from None
+
+
+def _parse_rows(lines: list[str], idx: list[int], names: list[str], path: Path, row0: int) -> np.ndarray:
+    """The numbers of ``lines`` (file rows from ``row0``) in columns ``idx``; NumPy's parser first, and where it
+    refuses, row by row to say which row and column."""
+    try:
+        values = np.loadtxt(lines, delimiter=",", usecols=idx, ndmin=2, dtype=np.float64, quotechar='"',
+                            comments=None)
+        if len(values) == len(lines):  # NumPy skips blank lines: then count them as the bad rows they are
+            return values
+    except ValueError:
+        pass
+    values = np.empty((len(lines), len(idx)))
+    for r, row in enumerate(_csv_rows(lines, path, row0)):
+        for j, (name, i) in enumerate(zip(names, idx)):
             try:
                 values[r, j] = float(row[i])
             except (ValueError, IndexError):
                 cell = row[i] if i < len(row) else "<missing>"
-                raise IMUError(f"{path}: row {r + 2}, column '{columns[k]}': {cell!r} is not a number") from None
-    t = values[:, 0] * _TIME_SCALE[time_unit]
-    rate = rate_hz or _rate_from(t)
-    return from_array(values[:, 1:], rate, accel_unit, gyro_unit, t=t, source=str(path), format=format, **kw)
+                raise IMUError(f"{path}: row {row0 + r}, column '{name}': {cell!r} is not a number") from None
+    return values
 
 
-def read_ego4d_csv(path: str | Path) -> IMURecording:
-    """Ego4D IMU CSV: milliseconds, accelerometer m/s^2, gyroscope rad/s."""
-    return read_csv(path, EGO4D_COLUMNS, "ms", "m/s^2", "rad/s", format="ego4d_csv")
+def _csv_rows(lines: list[str], path: Path, row0: int):
+    """csv.reader's rows, its own errors (an unclosed quote running past the field limit, …) as IMUError."""
+    try:
+        yield from csv.reader(lines)
+    except csv.Error as e:
+        raise IMUError(f"{path}: rows from {row0}: not CSV ({e})") from None
+
+
+def _in_columns(e: IMUError, path: Path, columns: dict[str, str], row0: int) -> IMUError:
+    """A recording's error (field 't', sample i) said as the CSV spells it (column 'canonical_timestamp_ms', row r)."""
+    if e.field not in ("t", "accel", "gyro", "mag"):
+        return e
+    if e.field == "t":
+        name = f"column '{columns['t']}'"
+    else:
+        axes = "xyz" if e.axis is None else "xyz"[e.axis]
+        name = ("column" + ("s " if len(axes) > 1 else " ")
+                + ", ".join(f"'{columns[f'{e.field}_{a}']}'" for a in axes))
+    row = f", row {row0 + e.sample}" if e.sample is not None else ""
+    return IMUError(f"{path}: {name}{row}: {e.problem}; expected {e.expected}", e.field, e.sample, e.axis, e.problem,
+                    e.expected)
+
+
+def read_ego4d_csv(path: str | Path, window_s: tuple[float, float] | None = None) -> IMURecording:
+    """Ego4D IMU CSV: milliseconds, accelerometer m/s^2, gyroscope rad/s (``window_s``: see :func:`read_csv`)."""
+    return read_csv(path, EGO4D_COLUMNS, "ms", "m/s^2", "rad/s", format="ego4d_csv", window_s=window_s)
 
 
 def read_npy(path: str | Path, rate_hz: float = 20.0, accel_unit: str = "m/s^2", gyro_unit: str = "rad/s") -> IMURecording:
     """A plain [N, 6] array file; LLaSA's windows are 120 samples at 20 Hz in m/s^2 and rad/s."""
+    path = Path(path)
     try:
-        data = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            data = npyfile.load(f, path.stat().st_size)
     except ValueError as e:
         raise IMUError(f"{path}: not a plain numeric .npy array ({e})") from None
     return from_array(data, rate_hz, accel_unit, gyro_unit, source=str(path), format="npy")
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IMUError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a text file") from None
 
 
 _QUESTION = re.compile(r"^\s*\d+[.)]\s+(?!\**\s*Answer)(.+)$")
@@ -158,7 +247,7 @@ def read_sensorcaps_jsonl(path: str | Path, rate_hz: float = 10.0) -> list[IMURe
     """
     path = Path(path)
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}, line {n}"
@@ -192,7 +281,7 @@ def read_basicmotions_ts(path: str | Path, rate_hz: float = 10.0) -> list[IMURec
     """
     path = Path(path)
     header, cases = {}, []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -227,20 +316,32 @@ def read_basicmotions_ts(path: str | Path, rate_hz: float = 10.0) -> list[IMURec
 def read_watch_npz(path: str | Path, rate_hz: float = 50.0) -> list[IMURecording]:
     """The seglearn smartwatch recordings: 50 Hz, accelerometer in g (with gravity), gyroscope in rad/s."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        need = ("samples", "offsets", "channel_names")
-        absent = [k for k in need if k not in z.files]
-        if absent:
-            raise IMUError(f"{path}: missing arrays {absent}; expected {list(need)} (+ label, label_names, subject, side)")
-        samples, offsets = z["samples"], z["offsets"]
-        names = [str(c) for c in z["channel_names"]]
-        labels = z["label_names"][z["label"]] if {"label", "label_names"} <= set(z.files) else None
-        extra = {k: z[k] for k in ("subject", "side") if k in z.files}
+    z = _npz_arrays(path)
+    need = ("samples", "offsets", "channel_names")
+    absent = [k for k in need if k not in z]
+    if absent:
+        raise IMUError(f"{path}: missing arrays {absent}; expected {list(need)} (+ label, label_names, subject, side)")
+    samples, offsets = z["samples"], z["offsets"]
+    names = [str(c) for c in np.ravel(z["channel_names"])]
     if names != ["ax", "ay", "az", "wx", "wy", "wz"]:
         raise IMUError(f"{path}: field 'channel_names' is {names}; expected ['ax', 'ay', 'az', 'wx', 'wy', 'wz']")
-    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(samples) or (np.diff(offsets) <= 0).any():
+    if (samples.ndim != 2 or offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 2
+            or offsets[0] != 0 or offsets[-1] != len(samples) or (np.diff(offsets) <= 0).any()):
         raise IMUError(f"{path}: field 'offsets' does not split 'samples' ({len(samples)} rows); expected increasing "
-                       "offsets from 0 to the number of rows")
+                       "integer offsets from 0 to the number of rows")
+    n = len(offsets) - 1
+    labels = None
+    if {"label", "label_names"} <= set(z):
+        label, label_names = z["label"], z["label_names"]
+        if label.shape != (n,) or label.dtype.kind not in "iu" or label_names.ndim != 1 or \
+                ((label < 0) | (label >= len(label_names))).any():
+            raise IMUError(f"{path}: field 'label': shape {label.shape}, dtype {label.dtype}; expected {n} integer "
+                           f"indices into 'label_names' ({len(label_names)} names)")
+        labels = label_names[label]
+    extra = {k: z[k] for k in ("subject", "side") if k in z}
+    for k, v in extra.items():
+        if v.shape != (n,):
+            raise IMUError(f"{path}: field {k!r}: shape {v.shape}; expected ({n},), one per recording")
     out = []
     for i in range(len(offsets) - 1):
         meta = {"label": str(labels[i]) if labels is not None else None} | {k: v[i].item() for k, v in extra.items()}
@@ -249,14 +350,38 @@ def read_watch_npz(path: str | Path, rate_hz: float = 50.0) -> list[IMURecording
     return out
 
 
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The plain arrays of an ``.npz`` (never unpickled); every member's header checked before it is allocated."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                if info.file_size > 1100 * info.compress_size + 4096:  # beyond deflate's ratio (~1032:1): a lie
+                    raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes from "
+                                     f"{info.compress_size}")
+                with zf.open(info) as m:
+                    out[info.filename[:-4]] = npyfile.load(m, info.file_size)
+            return out
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IMUError(f"{path}: not a readable .npz of plain arrays ({why})") from None
+
+
 def read_aedat4(path: str | Path) -> IMURecording:
     """The IMU stream of an AEDAT4 file (iniVation DAVIS / DVXplorer): microseconds, g, deg/s.
 
     The file is decoded once, with its events, by :func:`imuspec.events.readers.read_aedat4`.
     """
     from ..events.readers import read_aedat4 as read_camera
+    from ..events.stream import EventError
 
-    return from_aedat4_imu(read_camera(path).imu, str(path))
+    try:
+        imu = read_camera(path).imu
+    except EventError as e:
+        raise IMUError(str(e)) from None
+    return from_aedat4_imu(imu, str(path))
 
 
 def from_aedat4_imu(x: np.ndarray | None, source: str) -> IMURecording:

@@ -18,7 +18,15 @@ MAX_GYRO_RAD_S = 40.0  # ~2300 deg/s: above any consumer gyroscope's full scale 
 
 
 class IMUError(ValueError):
-    """An IMU file or array that is not what a reader or the recording type expects."""
+    """An IMU file or array that is not what a reader or the recording type expects.
+
+    Raised by the recording's checks it also carries ``field``, ``sample`` and ``axis`` (None where not one), so a
+    reader can say the same in the file's own terms (its column, its row)."""
+
+    def __init__(self, message: str, field: str | None = None, sample: int | None = None, axis: int | None = None,
+                 problem: str = "", expected: str = ""):
+        super().__init__(message)
+        self.field, self.sample, self.axis, self.problem, self.expected = field, sample, axis, problem, expected
 
 
 def g_to_ms2(x: np.ndarray) -> np.ndarray:
@@ -119,8 +127,9 @@ class IMURecording:
         )
 
 
-def _fail(rec: IMURecording, fld: str, problem: str, expected: str) -> None:
-    raise IMUError(f"{rec.source}: field '{fld}': {problem}; expected {expected}")
+def _fail(rec: IMURecording, fld: str, problem: str, expected: str, sample: int | None = None,
+          axis: int | None = None) -> None:
+    raise IMUError(f"{rec.source}: field '{fld}': {problem}; expected {expected}", fld, sample, axis, problem, expected)
 
 
 def validate(rec: IMURecording) -> None:
@@ -140,16 +149,17 @@ def validate(rec: IMURecording) -> None:
             _fail(rec, name, f"shape {a.shape}", f"({n}, 3), one xyz row per timestamp")
         bad = np.argwhere(~np.isfinite(a))
         if len(bad):
-            i = int(bad[0][0])
-            _fail(rec, name, f"{len(bad)} non-finite values (NaN/inf), first at sample {i}", "finite numbers")
+            i, axis = int(bad[0][0]), (int(bad[0][1]) if a.ndim == 2 else None)
+            _fail(rec, name, f"{len(bad)} non-finite values (NaN/inf), first at sample {i}", "finite numbers", i, axis)
     dt = np.diff(rec.t)
     if (dt == 0).any():
         i = int(np.argmax(dt == 0))
-        _fail(rec, "t", f"duplicate timestamp {rec.t[i]:.6f} s at samples {i} and {i + 1}", "strictly increasing times")
+        _fail(rec, "t", f"duplicate timestamp {rec.t[i]:.6f} s at samples {i} and {i + 1}", "strictly increasing times",
+              i + 1)
     if (dt < 0).any():
         i = int(np.argmax(dt < 0))
         _fail(rec, "t", f"time goes back from {rec.t[i]:.6f} s to {rec.t[i + 1]:.6f} s at sample {i + 1}",
-              "strictly increasing (monotonic) times")
+              "strictly increasing (monotonic) times", i + 1)
     period = 1.0 / rec.rate_hz
     median = float(np.median(dt))
     if not 0.5 * period <= median <= 2.0 * period:
@@ -158,7 +168,8 @@ def validate(rec: IMURecording) -> None:
     if dt.max() > rec.max_gap * period:
         i = int(np.argmax(dt))
         _fail(rec, "t", f"gap of {dt[i]:.4g} s between samples {i} and {i + 1} (t={rec.t[i]:.4f} s)",
-              f"no gap longer than {rec.max_gap:g} nominal periods ({rec.max_gap * period:.4g} s at {rec.rate_hz:g} Hz)")
+              f"no gap longer than {rec.max_gap:g} nominal periods ({rec.max_gap * period:.4g} s at {rec.rate_hz:g} Hz)",
+              i + 1)
     if rec.gravity:
         a = np.median(np.linalg.norm(ms2_to_g(rec.accel) if rec.accel_unit == "m/s^2" else rec.accel, axis=1))
         if not 0.25 <= a <= 4.0:

@@ -1,0 +1,678 @@
+"""``imuspec distill``: a cheap draft distilled to agree with the user's own target, on unlabeled moments.
+
+Stages, each resumable, all under ``torchrun`` (DDP):
+
+1. ``moments`` (:mod:`imuspec.moments`): recordings → sliding windows; the held-out split goes by recording (by time,
+   with a window's gap, when there is only one).
+2. ``teacher``: the target answers every (moment, query) greedily; at every answer position its top-k probabilities
+   and the remaining mass are stored, ``6k + 6`` bytes a token (int32 ids, fp16 probabilities, fp16 rest, int32
+   token), in shards of ``--shard-size`` items written atomically: a killed run recomputes no finished shard. Ranks
+   take shards ``rank::world``.
+3. ``draft``: the draft learns those distributions (total variation, forward KL or top-k KL) with AdamW; each epoch
+   ends with a checkpoint and a held-out teacher-forced acceptance estimate (the draft's argmax equals the target's
+   token: what a greedy draft's acceptance is), and the best epoch is written as ``OUT/draft``.
+
+Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
+head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, cut), plus an IMU encoder and a
+fresh projector (LLaSA's layout), or none with ``--no-imu``. Also the generic training pieces the world's recipe
+(:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributed import barrier, close, gather, init_distributed, rank, unshard, world
+from .model import Decoder, LlamaConfig, first_layers
+from .multimodal import PLACEHOLDER_ID
+from .templates import Tokenizer, get_template
+
+# --- generic training pieces (the world's recipe uses them too) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """AdamW with linear warm-up and cosine decay over ``epochs`` passes in global batches of ``batch``."""
+
+    epochs: float
+    lr: float
+    batch: int = 32
+    warmup: int = 20
+
+
+def hf_llama(c: LlamaConfig) -> nn.Module:
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM(HFConfig(**c.to_hf()))
+
+
+def decoder_from(lm: nn.Module, c: LlamaConfig) -> Decoder:
+    """Our inference decoder with a trained ``LlamaForCausalLM``'s weights (the names are the same)."""
+    d = Decoder(c)
+    d.load_state_dict(lm.state_dict())
+    return d
+
+
+def pad(seqs: list[list[int]], value: int, device) -> tuple[Tensor, Tensor]:
+    """Right-padded [N, T] and the lengths [N]."""
+    n = max(map(len, seqs))
+    out = torch.tensor([s + [value] * (n - len(s)) for s in seqs], device=device)
+    return out, torch.tensor([len(s) for s in seqs], device=device)
+
+
+def valid(lengths: Tensor, t: int) -> Tensor:
+    return torch.arange(t, device=lengths.device) < lengths[:, None]
+
+
+def _per_sample(d: Tensor, lengths: Tensor) -> Tensor:
+    return ((d * valid(lengths, d.shape[1])).sum(1) / lengths).mean()
+
+
+def distillation(logits: Tensor, teacher: Tensor, lengths: Tensor, kind: str) -> Tensor:
+    """Forward KL(p ‖ q) or total variation ½‖p − q‖₁ between the teacher's dense p and the draft's q, per sample mean."""
+    p, logq = teacher.float(), F.log_softmax(logits.float(), -1)
+    if kind == "fkl":
+        d = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
+    elif kind == "tvd":
+        d = 0.5 * (p - logq.exp()).abs().sum(-1)
+    else:
+        raise ValueError(f"distillation loss {kind!r}; expected 'fkl' or 'tvd'")
+    return _per_sample(d, lengths)
+
+
+LOSSES = ("tvd", "fkl", "topk-kl")
+
+
+def topk_distillation(logits: Tensor, ids: Tensor, p: Tensor, rest: Tensor, lengths: Tensor, kind: str) -> Tensor:
+    """The same losses against a stored top-k (``ids``, ``p`` [B, T, k]) and its remaining mass ``rest`` [B, T]:
+    ``tvd`` over the k + 1 buckets (the rest as one), ``fkl`` forward KL over the k stored tokens, ``topk-kl`` KL
+    over the k + 1 buckets. With k = V, ``tvd`` and ``fkl`` are the dense losses."""
+    logq = F.log_softmax(logits.float(), -1).gather(-1, ids.long())
+    p, rest = p.float(), rest.float()
+    kl = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
+    q_rest = (1 - logq.exp().sum(-1)).clamp_min(1e-12)
+    if kind == "tvd":
+        d = 0.5 * ((p - logq.exp()).abs().sum(-1) + (rest - q_rest).abs())
+    elif kind == "fkl":
+        d = kl
+    elif kind == "topk-kl":
+        d = kl + rest * (torch.log(rest.clamp_min(1e-12)) - torch.log(q_rest))
+    else:
+        raise ValueError(f"distillation loss {kind!r}; expected one of {LOSSES}")
+    return _per_sample(d, lengths)
+
+
+def fit(model: nn.Module, loss_of, n: int, stage: Stage, seed: int, desc: str, on_epoch=None,
+        resume: dict | None = None) -> list[float]:
+    """Train ``model`` on ``n`` examples; ``loss_of(module, idx, epoch)`` is the mean loss of examples ``idx`` through
+    ``module`` (DDP-wrapped when distributed). Each rank takes its share of every global batch, so k processes give
+    the same steps as one; returns the loss of each step averaged over the global batch.
+
+    ``on_epoch(epoch, losses, opt, sched)`` runs after each epoch (checkpoints); ``resume`` = {losses, opt, sched}
+    from such a checkpoint continues at the next step as if never stopped."""
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    if stage.batch % world():
+        raise ValueError(f"{desc}: global batch {stage.batch} is not divisible by {world()} processes")
+    if n < stage.batch:
+        raise ValueError(f"{desc}: {n} examples, fewer than one global batch of {stage.batch}")
+    module = DistributedDataParallel(model) if dist.is_initialized() else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    per_epoch = max(1, n // stage.batch)
+    total = max(1, round(stage.epochs * per_epoch))
+    warm = min(stage.warmup, total // 4 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    losses: list[float] = []
+    if resume:
+        losses = list(resume["losses"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(n, generator=g)[: per_epoch * stage.batch] for _ in range(-(-total // per_epoch))])
+    bar = tqdm(range(len(losses), total), desc=desc, disable=rank() != 0, unit="step")
+    model.train()
+    for step in bar:
+        idx = order[step * stage.batch:(step + 1) * stage.batch][rank()::world()]
+        loss = loss_of(module, idx, step // per_epoch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        value = loss.detach().clone()
+        if dist.is_initialized():
+            dist.all_reduce(value)
+            value /= world()
+        losses.append(float(value))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if on_epoch is not None and ((step + 1) % per_epoch == 0 or step + 1 == total):
+            model.eval()
+            on_epoch(step // per_epoch + 1, losses, opt, sched)
+            model.train()
+    model.eval()
+    return losses
+
+
+# --- the draft as trained ----------------------------------------------------------------------------------------
+
+class DraftModel(nn.Module):
+    """``LlamaForCausalLM`` on per-item prompts [before the placeholder | IMU features | after | answer]; an IMU
+    draft has a frozen encoder and a trained projector, a text-only one neither."""
+
+    def __init__(self, lm: nn.Module, encoder: nn.Module | None = None, projector: nn.Module | None = None):
+        super().__init__()
+        self.lm, self.encoder, self.projector = lm, encoder, projector
+        if encoder is not None:
+            encoder.requires_grad_(False)
+
+    def forward(self, prompts: list[list[int]], answer: Tensor, lengths: Tensor, imu: Tensor | None = None) -> Tensor:
+        """Logits [B, T, V] that predict each answer token, teacher-forced."""
+        emb, dev = self.lm.get_input_embeddings(), answer.device
+        feats = None
+        if self.encoder is not None:
+            with torch.no_grad():
+                h = self.encoder(imu)
+            feats = self.projector(h)
+        seqs, starts = [], []
+        for i, ids in enumerate(prompts):
+            cut = ids.index(PLACEHOLDER_ID) if feats is not None else len(ids)
+            parts = [emb(torch.tensor(ids[:cut], device=dev))]
+            if feats is not None:
+                parts += [feats[i], emb(torch.tensor(ids[cut + 1:], device=dev))]
+            prompt_len = sum(len(x) for x in parts)
+            parts.append(emb(answer[i, : int(lengths[i]) - 1]))
+            seqs.append(torch.cat(parts))
+            starts.append(prompt_len - 1)
+        n = max(len(s) for s in seqs)
+        x = torch.stack([F.pad(s, (0, 0, 0, n - len(s))) for s in seqs])
+        mask = torch.stack([torch.arange(n, device=dev) < len(s) for s in seqs]).long()
+        h = self.lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+        pos = (torch.tensor(starts, device=dev)[:, None] + torch.arange(answer.shape[1], device=dev)).clamp(max=n - 1)
+        return self.lm.lm_head(torch.gather(h, 1, pos[:, :, None].expand(-1, -1, h.shape[-1])))
+
+
+@dataclass(frozen=True)
+class Init:
+    """``target:K``, or a folder with an optional ``:K``."""
+
+    source: str  # "target" or a folder
+    layers: int | None
+
+    @classmethod
+    def parse(cls, spec: str) -> Init:
+        head, _, tail = spec.rpartition(":")
+        if head and tail.isdigit():
+            return cls(head, int(tail))
+        if spec == "target":
+            raise ValueError("--draft-init target: expected target:K, K the number of the target's layers to keep")
+        return cls(spec, None)
+
+
+def _cut(decoder: Decoder, k: int | None, what: str) -> Decoder:
+    try:
+        return first_layers(decoder, k) if k is not None else decoder
+    except ValueError as e:
+        raise ValueError(f"--draft-init {what}: {e}") from None
+
+
+def _encoder(spec: str, points: int) -> nn.Module:
+    """LIMU-BERT: ``limu-bert`` the shipped one (pretrained by the world's recipe on its IMU, LIMU-BERT's own
+    masked reconstruction), ``limu-bert:PT`` a LIMU-BERT pretraining state dict; its positions cut to ``points``."""
+    from .encoders.limu_bert import Encoder, LimuBert, LimuBertConfig
+
+    name, _, path = spec.partition(":")
+    if name != "limu-bert":
+        raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] is implemented (onellm and chronos:DIR are not yet)")
+    if path:
+        if not Path(path).is_file():
+            raise ValueError(f"--imu-encoder {spec}: {path}: file not found")
+        sd = {k.removeprefix("transformer."): v for k, v in LimuBert.from_pretrained(path).state_dict().items()
+              if k.startswith("transformer.")}
+        cfg = LimuBertConfig()
+    else:
+        from .checkpoint import load_state_dict, read_json
+        from .models.llasa import TOWER
+
+        shipped = Path(__file__).parent / "weights" / "imu_draft"
+        cfg = LimuBertConfig(**read_json(shipped / "config.json")["limu_bert"])
+        sd = {k[len(TOWER):]: v.float() for k, v in load_state_dict(shipped).items() if k.startswith(TOWER)}
+    if points > cfg.seq_len:
+        raise ValueError(f"--imu-points {points}: the encoder has {cfg.seq_len} positions; expected at most that")
+    sd["embed.pos_embed.weight"] = sd["embed.pos_embed.weight"][:points]
+    enc = Encoder(replace(cfg, seq_len=points))
+    enc.load_state_dict(sd)
+    return enc.eval()
+
+
+def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_encoder: str | None, points: int,
+                seed: int) -> tuple[DraftModel, LlamaConfig]:
+    """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
+    from .checkpoint import load_decoder, read_json
+
+    if init.source == "target":
+        dec = _cut(target_decoder, init.layers, f"target:{init.layers}")
+    else:
+        folder = Path(init.source)
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K or a LLaMA/LLaSA folder")
+        vocab, want = read_json(folder / "config.json").get("vocab_size"), target_decoder.config.vocab_size
+        if vocab != want:
+            raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
+                             f"is {want}; distillation needs one vocabulary")
+        if read_json(folder / "config.json").get("model_type", "llama").startswith("llava"):
+            from .models.llasa import LLaSA
+
+            dec = LLaSA.from_pretrained(folder).decoder
+        else:
+            dec = load_decoder(folder)
+        dec = _cut(dec, init.layers, f"{folder}:{init.layers}")
+    c = replace(dec.config, extra={})
+    lm = hf_llama(c)
+    lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
+    if c.tie_word_embeddings:
+        lm.tie_weights()
+    if imu_encoder is None:
+        return DraftModel(lm), c
+    from .models.llasa import build_projector
+
+    torch.manual_seed(seed)
+    enc = _encoder(imu_encoder, points)
+    return DraftModel(lm, enc, build_projector("mlp2x_gelu", enc.config.hidden, c.hidden_size)), c
+
+
+def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) -> None:
+    """LLaSA's layout (an IMU draft) or a LLaMA folder: what ``generate --draft`` loads."""
+    from .checkpoint import save_decoder
+    from .models.llasa import LLaSA
+
+    decoder = decoder_from(model.lm, c)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if model.encoder is not None:
+        LLaSA(decoder, model.projector, model.encoder, tok).save_pretrained(tmp, "mlp2x_gelu")
+    else:
+        save_decoder(decoder, tmp, tok)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+# --- prompts -----------------------------------------------------------------------------------------------------
+
+def text_prompt_ids(tok: Tokenizer, query: str) -> list[int]:
+    """A text-only target's prompt: the query as a user turn in the tokenizer's chat template where it has one,
+    else the query with BOS."""
+    if getattr(tok.hf, "chat_template", None):
+        ids = tok.hf.apply_chat_template([{"role": "user", "content": query}], add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tok.encode(query)
+
+
+def draft_prompt_ids(tok: Tokenizer, query: str, imu: bool, text_target: bool) -> list[int]:
+    """What the draft reads at decoding time: LLaSA's prompt (an IMU draft), the target's own text prompt (a text
+    target), else ``vicuna_v1`` as ``imuspec eval`` prompts text drafts."""
+    from .models.llasa import prompt_ids
+
+    if imu:
+        return prompt_ids(tok, query)
+    return text_prompt_ids(tok, query) if text_target else tok.encode(get_template("vicuna_v1").prompt(query))
+
+
+# --- teacher -----------------------------------------------------------------------------------------------------
+
+def _shard_path(out: Path, j: int) -> Path:
+    return out / "teacher" / f"shard-{j:05d}.safetensors"
+
+
+@torch.no_grad()
+def teacher_item(target, prompt: Tensor, max_new_tokens: int, eos: tuple[int, ...], k: int):
+    """The target's greedy answer to one prompt (ids or embeddings) and its top-k probabilities + rest along it."""
+    from .speculative import GenerationConfig, generate
+
+    dec = target.decoder
+    if dec.max_len < len(prompt) + max_new_tokens + 1:
+        dec.setup_cache(len(prompt) + max_new_tokens + 1)
+    dec.rollback(0)
+    tokens = generate(dec, prompt, GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=eos)).tokens
+    dec.rollback(0)
+    x = prompt if prompt.is_floating_point() else dec.embed(prompt.to(dec.device))
+    x = torch.cat([x.to(dec.dtype), dec.embed(torch.tensor(tokens[:-1], dtype=torch.long, device=dec.device))])
+    p = torch.softmax(dec(embeds=x[None])[0, len(prompt) - 1:].float(), -1)
+    top = p.topk(min(k, p.shape[-1]), -1)
+    rest = (1 - top.values.sum(-1)).clamp_min(0)
+    return tokens, top.indices.int().cpu(), top.values.half().cpu(), rest.half().cpu()
+
+
+def run_teacher(target, prompt_of, n_items: int, out: Path, shard_size: int, max_new_tokens: int, k: int) -> dict:
+    """Every item through the target, in shards (ranks take shards rank::world); finished shards are kept."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    eos = tuple(sorted(set(target.decoder.config.eos_ids) | {target.tokenizer.eos_id}))
+    shards = list(range(-(-n_items // shard_size)))
+    mine = [j for j in shards[rank()::world()] if not _shard_path(out, j).exists()]
+    done_before = sum(_shard_path(out, j).exists() for j in shards)
+    todo = sum(len(range(j * shard_size, min(n_items, (j + 1) * shard_size))) for j in mine)
+    bar = tqdm(total=todo, desc="teacher", unit="item", disable=rank() != 0)
+    t0, n_tok = time.perf_counter(), 0
+    for j in mine:
+        rows = []
+        for i in range(j * shard_size, min(n_items, (j + 1) * shard_size)):
+            rows.append(teacher_item(target, prompt_of(i), max_new_tokens, eos, k))
+            bar.update(1)
+        lengths = [len(r[0]) for r in rows]
+        n_tok += sum(lengths)
+        path = _shard_path(out, j)
+        tmp = path.with_suffix(".tmp")
+        save_file({"tokens": torch.tensor([t for r in rows for t in r[0]], dtype=torch.int32),
+                   "offsets": torch.tensor(np.cumsum([0] + lengths)), "ids": torch.cat([r[1] for r in rows]),
+                   "p": torch.cat([r[2] for r in rows]), "rest": torch.cat([r[3] for r in rows])}, str(tmp))
+        os.replace(tmp, path)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    n_tok = sum(gather([n_tok]))
+    barrier()
+    return {"shards": len(shards), "shards_done_before": done_before, "shards_computed": len(shards) - done_before,
+            "seconds": seconds, "tokens_computed": n_tok, "tokens_per_s": n_tok / seconds if seconds > 0 and n_tok else None,
+            "bytes_per_token": 6 * k + 6}
+
+
+def load_teacher(out: Path, n_items: int, shard_size: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Per item: tokens [T], top-k ids [T, k], probabilities [T, k], rest [T]."""
+    from safetensors.torch import load_file
+
+    items = []
+    for j in range(-(-n_items // shard_size)):
+        s = load_file(str(_shard_path(out, j)))
+        o = s["offsets"].tolist()
+        items += [tuple(s[k][a:b] for k in ("tokens", "ids", "p", "rest")) for a, b in zip(o, o[1:])]
+    return items
+
+
+# --- split, acceptance ---------------------------------------------------------------------------------------------
+
+def split(moments, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+    """Moment indices for training and held out: whole recordings held out; with a single recording, its last
+    ``fraction`` of time, without the windows that would overlap the held-out ones."""
+    recs = sorted({m.recording for m in moments})
+    if fraction <= 0:
+        return list(range(len(moments))), [], "none"
+    if len(recs) > 1:
+        rng = np.random.default_rng(seed)
+        n_out = min(len(recs) - 1, max(1, round(fraction * len(recs))))
+        held = set(rng.permutation(recs)[:n_out].tolist())
+        out = [i for i, m in enumerate(moments) if m.recording in held]
+        return [i for i in range(len(moments)) if i not in set(out)], out, f"by recording: {n_out} of {len(recs)} held out"
+    if moments[0].sample is None:
+        raise ValueError("--holdout: a single text query cannot be split; give more queries or --holdout 0")
+    t0s = sorted(m.sample.t0_us for m in moments)
+    cut = t0s[min(len(t0s) - 1, int(round((1 - fraction) * len(t0s))))]
+    train = [i for i, m in enumerate(moments) if m.sample.t1_us <= cut]
+    held = [i for i, m in enumerate(moments) if m.sample.t0_us >= cut]
+    if not train or not held:
+        raise ValueError(f"--holdout {fraction}: the one recording has too few windows to split in time")
+    return train, held, f"by time within the one recording: windows from {cut} µs held out, none overlapping"
+
+
+@torch.no_grad()
+def heldout_alpha(model: DraftModel, batches) -> list[float]:
+    """Per item, teacher-forced: the fraction of answer positions where the draft's argmax is the target's token."""
+    out = []
+    for prompts, answer, lengths, imu in batches:
+        hit = (model(prompts, answer, lengths, imu).argmax(-1) == answer) & valid(lengths, answer.shape[1])
+        out += (hit.sum(1) / lengths).tolist()
+    return out
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DistillConfig:
+    window_us: int = 50_000
+    hop_us: int | None = None  # default: the window (no overlap)
+    holdout: float = 0.2
+    loss: str = "tvd"
+    top_k: int = 64
+    epochs: int = 3
+    batch: int = 8
+    lr: float = 1e-3
+    max_new_tokens: int = 48
+    imu_points: int = 40  # LIMU-BERT positions over the window (a DAVIS IMU gives ~40 samples in 50 ms)
+    shard_size: int = 16
+    seed: int = 0
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def check_out(out: Path, resume: bool) -> dict | None:
+    """The report of a run in ``out`` (None if empty); a finished or unfinished run needs --resume."""
+    report = out / "distill.json"
+    if not report.exists():
+        if not resume and (out / "teacher").exists():
+            raise ValueError(f"--out {out}: holds an unfinished run; add --resume to continue it or choose another folder")
+        return None
+    state = json.loads(report.read_text())
+    if not resume:
+        what = "a finished" if state.get("finished") else "an unfinished"
+        raise ValueError(f"--out {out}: holds {what} run (distill.json); add --resume or choose another folder")
+    return state
+
+
+def distill(target_folder: Path, data: list[str] | None, queries_file: Path, init: str, imu_encoder: str | None,
+            no_imu: bool, cfg: DistillConfig, out: Path, resume: bool = False) -> dict:
+    """The whole pipeline into ``out``; returns (and writes) ``out/distill.json``."""
+    from .families import model_type, open_target
+    from .moments import load_moments, read_queries, text_moments
+
+    t_start = time.perf_counter()
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"--loss {cfg.loss}: expected one of {LOSSES}")
+    previous = check_out(out, resume)
+    if previous and previous.get("finished"):
+        return previous
+    queries = read_queries(queries_file)
+    kind = model_type(target_folder)
+    text_target = kind not in ("EventChat_llama", "video_llava")
+    if kind == "video_llava":
+        raise ValueError(f"--target {target_folder}: Video-LLaVA targets are not supported by distill yet; "
+                         "EventGPT and text-only LLaMA targets are")
+    if text_target and data:
+        raise ValueError(f"--target {target_folder} is a text-only LLaMA: it reads no recordings; drop --data")
+    if not text_target and not data:
+        raise ValueError(f"--target {target_folder} is {kind}: give its recordings with --data")
+    imu = not no_imu and not text_target
+    if imu and imu_encoder is None:
+        imu_encoder = "limu-bert"
+    spec = Init.parse(init)
+    device = init_distributed()
+    target = open_target(target_folder, device=device)
+    draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg.imu_points,
+                           cfg.seed)
+    moments = text_moments(queries) if text_target else load_moments(data, cfg.window_us, cfg.hop_us or cfg.window_us)
+    seconds = {"setup": time.perf_counter() - t_start}  # the target, the draft initialisation, the moments
+    train_m, held_m, how = split(moments, cfg.holdout, cfg.seed)
+    items = [(m, q) for m in sorted(train_m + held_m) for q in ([moments[m].query] if moments[m].query else queries)]
+    where = {m: "train" for m in train_m} | {m: "heldout" for m in held_m}
+    train_i = [i for i, (m, _) in enumerate(items) if where[m] == "train"]
+    held_i = [i for i, (m, _) in enumerate(items) if where[m] == "heldout"]
+    batch = min(cfg.batch, len(train_i) // world() * world())
+    if batch < 1:
+        raise ValueError(f"{len(train_i)} training items for {world()} processes; give more data or a smaller --holdout")
+
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"target": str(target_folder), "items": [[m, q] for m, q in items], "top_k": cfg.top_k,
+             "max_new_tokens": cfg.max_new_tokens, "shard_size": cfg.shard_size, "window_us": cfg.window_us,
+             "hop_us": cfg.hop_us, "data": data}
+    (out / "teacher").mkdir(exist_ok=True)
+    index_path = out / "teacher" / "index.json"
+    if index_path.exists() and json.loads(index_path.read_text()) != index:
+        raise ValueError(f"{index_path}: the teacher shards there were made for other data or settings; "
+                         "choose another --out")
+    barrier()
+    if rank() == 0:
+        index_path.write_text(json.dumps(index))
+    report = {"command": sys.argv, "target": str(target_folder), "data": data, "queries": len(queries),
+              "init": init, "imu_encoder": imu_encoder if imu else None, "imu": imu, "config": asdict(cfg),
+              "world_size": world(), "device": str(device), "moments": len(moments),
+              "recordings": len({m.recording for m in moments}), "holdout": how,
+              "items": {"train": len(train_i), "heldout": len(held_i)}, "heldout_items": [items[i] for i in held_i],
+              "seconds": seconds}
+
+    def target_prompt(i: int) -> Tensor:
+        m, q = items[i]
+        s = moments[m].sample
+        if s is None:
+            return torch.tensor(text_prompt_ids(target.tokenizer, q), device=device)
+        return target.embed(q, s.events)
+
+    report["teacher"] = run_teacher(target, target_prompt, len(items), out, cfg.shard_size, cfg.max_new_tokens, cfg.top_k)
+    seconds["teacher"] = report["teacher"]["seconds"]
+    report["peak_rss_mb"] = {"teacher": _rss_mb()}
+    teacher = load_teacher(out, len(items), cfg.shard_size)
+    report["teacher"]["tokens"] = sum(len(t[0]) for t in teacher)
+    del target
+
+    tok = Tokenizer(target_folder)
+    prompts = [draft_prompt_ids(tok, q, imu, text_target) for _, q in items]
+    sensor = torch.from_numpy(np.stack([moments[m].sample.imu_input(cfg.imu_points) for m, _ in items])).float() \
+        if imu else None
+    ans, lengths = pad([t[0].tolist() for t in teacher], tok.eos_id, "cpu")
+    T, k = ans.shape[1], teacher[0][1].shape[1]
+    ids = torch.zeros(len(items), T, k, dtype=torch.int32)
+    p = torch.zeros(len(items), T, k, dtype=torch.float16)
+    rest = torch.zeros(len(items), T, dtype=torch.float16)
+    for i, (_, a, b, r) in enumerate(teacher):
+        ids[i, : len(a)], p[i, : len(a)], rest[i, : len(a)] = a, b, r
+    draft.to(device)
+
+    def batch_of(g: list[int]):
+        t = int(lengths[g].max())
+        return ([prompts[i] for i in g], ans[g, :t].to(device), lengths[g].to(device),
+                None if sensor is None else sensor[g].to(device))
+
+    def alpha_now() -> list[float]:
+        mine = held_i[rank()::world()]
+        got = heldout_alpha(draft, [batch_of(mine[a:a + cfg.batch]) for a in range(0, len(mine), cfg.batch)])
+        return unshard(gather(got), len(held_i))
+
+    ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True) if resume and ckpt.exists() else None
+    if state:
+        draft.load_state_dict(state["model"])
+        history, best = state["history"], state["best"]
+    else:
+        history, best = [{"epoch": 0, "per_item": alpha_now()}], None
+        history[0]["mean"] = float(np.mean(history[0]["per_item"])) if held_i else None
+
+    def on_epoch(epoch, losses, opt, sched):
+        nonlocal best
+        a = alpha_now()
+        history.append({"epoch": epoch, "mean": float(np.mean(a)) if a else None, "per_item": a})
+        better = best is None or (a and history[-1]["mean"] > history[best]["mean"])
+        best = len(history) - 1 if better else best
+        if rank() == 0:
+            if better:
+                save_draft(draft, c, tok, out / "draft")
+            torch.save({"model": draft.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "losses": losses,
+                        "history": history, "best": best}, ckpt.with_suffix(".tmp"))
+            os.replace(ckpt.with_suffix(".tmp"), ckpt)
+        barrier()
+
+    def loss_of(m, idx, epoch):
+        prompts_b, a, ln, x = batch_of([train_i[i] for i in idx.tolist()])
+        g = [train_i[i] for i in idx.tolist()]
+        t = a.shape[1]
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            logits = m(prompts_b, a, ln, x)
+        return topk_distillation(logits, ids[g, :t].to(device), p[g, :t].to(device), rest[g, :t].to(device), ln,
+                                 cfg.loss)
+
+    t = time.perf_counter()
+    resume_fit = {"losses": state["losses"], "opt": state["opt"], "sched": state["sched"]} if state else None
+    losses = fit(draft, loss_of, len(train_i), Stage(cfg.epochs, cfg.lr, batch, warmup=max(1, len(train_i) // batch)),
+                 cfg.seed, "draft", on_epoch, resume_fit)
+    seconds["draft"] = time.perf_counter() - t
+    report["peak_rss_mb"]["draft"] = _rss_mb()
+    seconds["total"] = time.perf_counter() - t_start
+    report |= {"losses": losses, "heldout_alpha": history, "best_epoch": history[best]["epoch"] if best is not None else None,
+               "draft": {"layers": c.num_hidden_layers, "params": sum(q.numel() for q in draft.parameters()),
+                         "folder": str(out / "draft")}, "finished": True}
+    if rank() == 0:
+        (out / "distill.json").write_text(json.dumps(report, indent=1))
+    barrier()
+    return report
+
+
+def _copy(decoder: Decoder) -> Decoder:
+    """A copy of the target's decoder to cut (the target keeps its layers for the teacher)."""
+    d = Decoder(decoder.config)
+    d.load_state_dict(decoder.state_dict())
+    return d
+
+
+def add_distill_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the target: an EventGPT checkpoint or a text-only LLaMA folder")
+    p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
+                   "manifests, world:N; none for a text-only target (each query a moment)")
+    p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")
+    p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K]")
+    p.add_argument("--imu-encoder", help="limu-bert (the shipped one) or limu-bert:PT (a LIMU-BERT state dict)")
+    p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
+    d = DistillConfig()
+    p.add_argument("--window-us", type=int, default=d.window_us, help="a moment's event window (µs)")
+    p.add_argument("--hop-us", type=int, help="default: the window (no overlap)")
+    p.add_argument("--holdout", type=float, default=d.holdout, help="fraction of recordings held out")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss, help="total variation, forward KL on the top-k, or KL "
+                   "on the top-k + rest")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="teacher probabilities stored per position")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training items")
+    p.add_argument("--batch", type=int, default=d.batch, help="global batch (split over torchrun ranks)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="longest teacher answer")
+    p.add_argument("--imu-points", type=int, default=d.imu_points, help="LIMU-BERT positions over the window")
+    p.add_argument("--shard-size", type=int, default=d.shard_size, help="teacher items per shard file")
+    p.add_argument("--seed", type=int, default=d.seed, help="held-out split, batch order, fresh projector")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
+                   "set, else by the target's size)")
+    p.add_argument("--out", required=True, help="folder for draft/, teacher/, checkpoint.pt and distill.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from .checkpoint import read_json
+    from .runtime import set_threads
+
+    c = read_json(Path(a.target) / "config.json")
+    set_threads(a.threads, 12 * c.get("hidden_size", 0) ** 2 * c.get("num_hidden_layers", 0))  # ~ the target's step
+    cfg = DistillConfig(a.window_us, a.hop_us, a.holdout, a.loss, a.top_k, a.epochs, a.batch, a.lr, a.max_new_tokens,
+                        a.imu_points, a.shard_size, a.seed)
+    r = distill(Path(a.target), a.data, Path(a.queries), a.draft_init, a.imu_encoder, a.no_imu, cfg, Path(a.out), a.resume)
+    if rank() == 0:
+        h = r["heldout_alpha"]
+        print(json.dumps({"draft": str(Path(a.out) / "draft"), "moments": r["moments"], "items": r["items"],
+                          "heldout_alpha": {"init": h[0]["mean"], "best": max((x["mean"] or 0) for x in h[1:]) if h[1:] else None},
+                          "best_epoch": r["best_epoch"], "seconds": r["seconds"]}))
+    close()
+    return 0

@@ -1,0 +1,262 @@
+"""Token trees: grow a dynamic draft tree (EAGLE-2), verify it in one target forward, accept one root path.
+
+A tree is node 0, the root (the newest committed token, which the target has not seen yet), and drafted nodes in
+topological order (every parent before its children). A chain of γ tokens is the tree of width 1 and depth γ, so one
+engine loop serves both.
+
+Growing (:func:`grow`): at each depth the ``width`` best nodes by path probability (the product of the draft's
+probabilities along the path) are expanded, each into its ``width`` most likely children (greedy) or ``width``
+children drawn without replacement from the draft (sampling; Gumbel top-k). Greedy then reranks every candidate and
+keeps the ``budget`` best (EAGLE-2). Sampling keeps the first ``budget`` in the order they were made instead: a
+sibling's proposal is only the without-replacement distribution the rule assumes if whether it is verified does not
+depend on its own value, and reranking by value would break that.
+
+Accepting is pure: :func:`greedy_accept` (longest path of target argmaxes) and :func:`sample_accept` (recursive
+rejection sampling over siblings, SpecInfer / Sequoia), both on the device, returning the path for one host read.
+Everything carries a leading batch dimension B (rows are independent trees, each with its own cache length and,
+optionally, its own random generator): the engine decodes B rows at once, the distribution tests draw 20,000 trees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .model import Decoder
+from .sampling import Generators, Sampling, draws, probs, sample
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    budget: int  # drafted nodes verified in one target forward (the root aside)
+    depth: int  # longest path, so the most draft tokens one step can accept
+    width: int = 1  # nodes expanded per depth and children per expanded node (EAGLE-2's top-k)
+    confidence: float = 0.0  # chains: stop drafting once the draft's top probability falls below this
+
+    def __post_init__(self):
+        if self.budget < 1 or self.depth < 1 or self.width < 1 or not 0 <= self.confidence < 1:
+            raise ValueError(f"a tree needs budget, depth, width >= 1 and 0 <= confidence < 1, got {self}")
+
+    @classmethod
+    def chain(cls, gamma: int, confidence: float = 0.0) -> TreeShape:
+        return cls(gamma, gamma, 1, confidence)
+
+    @classmethod
+    def for_budget(cls, budget: int) -> TreeShape:
+        """EAGLE-2-like defaults for a node budget: wider trees for larger budgets, depth up to 8."""
+        width = 2 if budget <= 8 else 3 if budget <= 24 else 4
+        return cls(budget, min(8, max(1, budget // width + 1)), width)
+
+    @property
+    def nodes(self) -> int:
+        """How many nodes the tree has, at most (its verify forward has this + 1 tokens)."""
+        return min(self.budget, self.depth if self.width == 1 else self.width + (self.depth - 1) * self.width ** 2)
+
+    @property
+    def is_chain(self) -> bool:
+        return self.width == 1
+
+
+@dataclass
+class Tree:
+    """B trees of N + 1 nodes each; node ids are per row (a greedy rerank keeps different nodes in each row)."""
+
+    tokens: Tensor  # [B, N+1] node 0 is the root
+    parents: Tensor  # [B, N+1] parent node, -1 for the root
+    depth: Tensor  # [B, N+1]
+    ancestors: Tensor  # [B, N+1, N+1] bool, [b, i, j]: j is i or one of its ancestors (the verify mask)
+    children: Tensor  # [B, N+1, K] children in sibling order (the order they were drawn), -1 where none
+    valid: Tensor  # [B, N+1] bool: False for children the draft gives probability 0 (and their descendants)
+    q: Tensor | None  # [B, N+1, V] the draft's distribution at each node (sampling; zero rows where not expanded)
+    draft_slot: Tensor  # [B, N+1] the draft cache slot of each expanded node, -1 where the draft has not seen it
+    max_depth: int  # the depth actually grown (a confidence stop may end a chain early)
+
+    @property
+    def size(self) -> int:
+        return self.tokens.shape[1] - 1
+
+    @property
+    def is_chain(self) -> bool:
+        return self.children.shape[2] == 1
+
+
+def _rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, M, ...] at per-row indices idx [B, I] -> [B, I, ...]."""
+    return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))
+
+
+def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape, s: Sampling,
+         gen: Generators, n_pending: Tensor | None = None) -> Tree:
+    """Draft trees after the committed tokens ``pending`` [B, P] (the last real one is each root), the draft's cache
+    holding ``start`` slots before them. Rows may have fewer: ``n_pending`` [B] real tokens, right-padded (the pads
+    land beyond the row's length and the tree overwrites them). On return the draft's cache holds pending and then
+    every expanded node."""
+    dev, k, (b, n_pend) = pending.device, shape.width, pending.shape
+    last = torch.full((b,), n_pend - 1, device=dev) if n_pending is None else n_pending - 1  # [B] each root's column
+    root_pos = torch.as_tensor(start, device=dev).expand(b) + last  # [B] the root's slot and RoPE position
+    cap = 1 + k + (shape.depth - 1) * k * k
+    tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
+    tokens[:, 0] = pending.gather(1, last[:, None])[:, 0]
+    parents = torch.full((b, cap), -1, dtype=torch.long, device=dev)
+    depth = torch.zeros(cap, dtype=torch.long, device=dev)  # the same in every row: each depth is one block of ids
+    score = torch.zeros(b, cap, device=dev)  # log path probability
+    anc = torch.eye(cap, dtype=torch.bool, device=dev).repeat(b, 1, 1)
+    slot = torch.full((b, cap), -1, dtype=torch.long, device=dev)
+    slot[:, 0] = root_pos
+    q_rows = None if s.greedy else []  # (node ids [B, F], their distributions [B, F, V]) of expanded nodes
+    expanded = torch.zeros(b, 0, dtype=torch.long, device=dev)  # non-root expanded nodes, in draft-slot order
+
+    # the roots' distributions [B, 1, V]; a backlog after target-only steps runs eagerly (no new compiled length)
+    logits = draft.step(pending) if n_pend <= 2 else draft(ids=pending)
+    logits = logits.gather(1, last[:, None, None].expand(-1, 1, logits.shape[-1]))
+    if n_pending is not None:
+        draft.rollback(root_pos + 1)
+    frontier, n, grown = torch.zeros(b, 1, dtype=torch.long, device=dev), 1, 0
+    for d in range(1, shape.depth + 1):
+        q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()
+        if q_rows is not None:
+            q_rows.append((frontier, q.exp()))
+        if shape.confidence and d > 1 and float(q.amax(-1).max().exp()) < shape.confidence:
+            break  # once every row is unsure; one host read per depth, only with a confidence stop
+        key = q if s.greedy else q - draws(torch.empty_like(q), gen).log()  # + Gumbel noise
+        child = key.topk(k, dim=-1).indices  # [B, F, k] in sibling order
+        ids = torch.arange(n, n + child[0].numel(), device=dev)
+        par = frontier.repeat_interleave(k, dim=1)
+        tokens[:, ids], parents[:, ids], depth[ids] = child.flatten(1), par, d
+        score[:, ids] = (score.gather(1, frontier)[:, :, None] + q.gather(-1, child)).flatten(1)
+        anc[:, ids] |= _rows(anc, par)
+        n, grown = n + len(ids), d
+        if d == shape.depth or (not s.greedy and n - 1 >= shape.budget):  # greedy grows on, then reranks
+            break
+        # the best `width` of this depth, best first (a sampled tree cut at its budget keeps the best one's children)
+        frontier = ids[score[:, ids].topk(min(k, len(ids)), dim=1).indices]
+        f = frontier.shape[1]
+        slot.scatter_(1, frontier, root_pos[:, None] + 1 + expanded.shape[1] + torch.arange(f, device=dev))
+        expanded = torch.cat([expanded, frontier], dim=1)
+        if shape.is_chain:  # a chain's block sees everything before it: the plain (compilable) step
+            logits = draft.step(tokens.gather(1, frontier))
+        else:
+            mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))  # [B, F, expanded]
+            logits = draft(ids=tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
+                           tree_mask=mask)
+
+    keep = _select(score[:, 1:n], shape.budget, s.greedy) + 1
+    keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), keep], dim=1)
+    q_all = None
+    if q_rows is not None:
+        q_all = torch.zeros(b, cap, logits.shape[-1], device=dev)
+        for nodes, dist in q_rows:
+            q_all.scatter_(1, nodes[:, :, None].expand_as(dist), dist)
+    return _subtree(keep, tokens, parents, depth.expand(b, -1), anc, score, slot, q_all, k, grown)
+
+
+def chain(root: Tensor, d: Tensor, q: Tensor | None) -> Tree:
+    """Chains proposed outside :func:`grow` (a draft with another vocabulary, :class:`~imuspec.vocab.MappedDraft`):
+    roots [B], drafted tokens d [B, k] (k may be 0) drawn from q [B, k, V] (None: greedy)."""
+    (b, k), dev = d.shape, d.device
+    idx = torch.arange(k + 1, device=dev)
+    rows = lambda x: x.expand(b, *x.shape)  # noqa: E731 -- the same structure in every row
+    return Tree(torch.cat([root[:, None], d], 1), rows(idx - 1), rows(idx), rows(idx[:, None] >= idx),
+                rows(torch.where(idx < k, idx + 1, -1)[:, None]), torch.ones(b, k + 1, dtype=torch.bool, device=dev),
+                None if q is None else torch.cat([q, q.new_zeros(b, 1, q.shape[-1])], 1),
+                torch.full((b, k + 1), -1, dtype=torch.long, device=dev), k)
+
+
+def _select(score: Tensor, budget: int, greedy: bool) -> Tensor:
+    """Which candidates (indices into ``score`` [B, M]) to verify, in creation order. Greedy: the ``budget`` best by
+    path probability, ties to the earlier (so a parent always ranks before its children); sampling: the first."""
+    b, m = score.shape
+    if m <= budget or not greedy:
+        return torch.arange(min(m, budget), device=score.device).expand(b, -1)
+    return score.sort(dim=1, descending=True, stable=True).indices[:, :budget].sort(dim=1).values
+
+
+def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tree:
+    """The trees restricted to nodes ``keep`` [B, N+1] (ancestor-closed, in creation order), renumbered 0..N."""
+    b, n = keep.shape
+    idx = torch.arange(n, device=keep.device)
+    new_id = torch.full(tokens.shape, -1, dtype=torch.long, device=keep.device).scatter_(1, keep, idx.expand(b, -1))
+    par = parents.gather(1, keep)
+    par = torch.where(par >= 0, new_id.gather(1, par.clamp_min(0)), par)
+    # rank among siblings = how many kept siblings come earlier (creation order is sibling order)
+    rank = ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).sum(-1)
+    children = torch.full((b, (n + 1) * k), -1, dtype=torch.long, device=keep.device)  # row n absorbs the roots
+    children.scatter_(1, torch.where(par >= 0, par, n) * k + rank, idx.expand(b, -1))
+    return Tree(tokens.gather(1, keep), par, depth.gather(1, keep), _rows(anc, keep).gather(2, keep[:, None].expand(-1, n, -1)),
+                children.view(b, n + 1, k)[:, :n], score.gather(1, keep) > float("-inf"),
+                None if q is None else _rows(q, keep), slot.gather(1, keep), grown)
+
+
+def _deepest_path(tree: Tree, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the deepest node all of whose ancestors (itself included) are ``ok`` [B, N+1] (roots count as ok):
+    (that node [B], its depth [B], its root path [B, max_depth + 1] as node ids by depth, 0 beyond its depth)."""
+    ok = ok.clone()
+    ok[:, 0] = True
+    on = ~(tree.ancestors & ~ok[:, None, :]).any(-1)
+    end = torch.where(on, tree.depth, -1).argmax(1)
+    levels = torch.arange(tree.max_depth + 1, device=ok.device)
+    line = _rows(tree.ancestors, end[:, None])[:, 0]  # [B, N+1]: the end's ancestors
+    path = (line[:, :, None] & (tree.depth[:, :, None] == levels)).long().argmax(1)
+    return end, tree.depth.gather(1, end[:, None])[:, 0], path
+
+
+def greedy_accept(tree: Tree, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Accept the longest root path whose every token is the target's argmax at its parent; ``logits`` [B, N+1, V].
+
+    Returns per row (accepted depth, next token = the target's argmax after the path, path node ids by depth).
+    """
+    best = logits.argmax(-1)
+    ok = (tree.tokens == best.gather(1, tree.parents.clamp_min(0))) & tree.valid
+    end, n, path = _deepest_path(tree, ok)
+    return n, best.gather(1, end[:, None])[:, 0], path
+
+
+def sibling_residual(r: Tensor, q: Tensor) -> Tensor:
+    """After a sibling drawn from ``q`` is rejected, the target's remaining distribution: norm(max(r − q, 0)).
+    Rows where nothing remains (r = q, so rejection had probability 0) stay as they were."""
+    rest = (r - q).clamp_min(0)
+    total = rest.sum(-1, keepdim=True)
+    return torch.where(total > 0, rest / total.clamp_min(1e-30), r)
+
+
+def sample_accept(tree: Tree, p: Tensor, gen: Generators) -> tuple[Tensor, Tensor, Tensor]:
+    """Recursive rejection sampling over siblings; ``p`` [B, N+1, V] the target's processed distributions.
+
+    At each node the children are tried in the order drawn: child i, drawn from q_i (the draft's q without the
+    earlier siblings, renormalised), is accepted with probability min(1, r(c)/q_i(c)), r being the target's p with
+    every earlier rejected sibling's q_i taken out (:func:`sibling_residual`); if all are rejected the next token is
+    drawn from the last r. Each step is an exact rejection step, so the output follows p exactly.
+    Returns per row (accepted depth, next token, path node ids by depth).
+    """
+    b, n1, k = tree.children.shape
+    r, q_left = p.clone(), tree.q.clone()
+    a = torch.zeros(b, n1 + 1, device=p.device)  # acceptance probability of each node; column n1 absorbs "none"
+    for i in range(k):
+        c = tree.children[:, :, i]
+        has = (c >= 0) & tree.valid.gather(1, c.clamp_min(0))
+        tok = tree.tokens.gather(1, c.clamp_min(0))[:, :, None]
+        qi = q_left / q_left.sum(-1, keepdim=True).clamp_min(1e-30)
+        ratio = (r.gather(-1, tok) / qi.gather(-1, tok).clamp_min(1e-30)).clamp_max(1)[..., 0]
+        a.scatter_(1, torch.where(has, c, n1), torch.where(has, ratio, 0.0))
+        r = torch.where(has[..., None], sibling_residual(r, qi), r)
+        q_left = torch.where(has[..., None], q_left.scatter(-1, tok, 0.0), q_left)
+    accepted = draws(torch.empty(b, n1, device=p.device), gen, "uniform_") < a[:, :n1]
+    first = torch.zeros(b, n1 + 1, dtype=torch.bool, device=p.device)  # accepted, and no earlier sibling was
+    taken = torch.zeros(b, n1, dtype=torch.bool, device=p.device)
+    for i in range(k):
+        c = tree.children[:, :, i]
+        hit = (c >= 0) & accepted.gather(1, c.clamp_min(0))
+        first.scatter_(1, torch.where(hit, c, n1), hit & ~taken)
+        taken |= hit
+    end, n, path = _deepest_path(tree, first[:, :n1])
+    return n, sample(_rows(r, end[:, None])[:, 0], gen), path
+
+
+def verify_logits(target: Decoder, tree: Tree, start: int | Tensor) -> Tensor:
+    """The target's logits [B, N+1, V] at every node in one forward; its cache then holds the trees from ``start``."""
+    if tree.is_chain:
+        return target.step(tree.tokens)
+    start = torch.as_tensor(start, device=tree.tokens.device).view(-1, 1)
+    return target(ids=tree.tokens, positions=start + tree.depth, tree_mask=tree.ancestors)

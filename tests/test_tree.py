@@ -1,0 +1,170 @@
+"""Token trees: greedy output equals the target alone for many tree shapes and drafts, and after every step both
+caches hold exactly the committed sequence (the K/V a fresh prefill of it gives)."""
+
+import pytest
+import torch
+from test_speculative import PROMPT, partly_agreeing, tiny, twin
+
+import imuspec.speculative
+from imuspec import GenerationConfig, Sampling, generate
+from imuspec.adapt import Planner
+from imuspec.tree import TreeShape, greedy_accept, grow
+
+SHAPES = [TreeShape(1, 1, 1), TreeShape(8, 8, 1), TreeShape(2, 1, 2), TreeShape(8, 4, 2), TreeShape(9, 3, 3),
+          TreeShape(6, 8, 2), TreeShape(8, 2, 4), TreeShape(16, 8, 4)]
+
+
+def drafts(kind: str):
+    if kind == "partial":
+        return partly_agreeing()
+    target = tiny(0)
+    return target, (twin(target) if kind == "self" else tiny(1))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"b{s.budget}d{s.depth}w{s.width}")
+@pytest.mark.parametrize("kind", ["self", "random", "partial"])
+def test_greedy_tree_equals_target_alone(kind, shape, monkeypatch):
+    target, draft = drafts(kind)
+    trees = []
+
+    def spy(*args):
+        trees.append(grow(*args))
+        return trees[-1]
+
+    monkeypatch.setattr(imuspec.speculative, "grow", spy)
+    cfg = GenerationConfig(max_new_tokens=23, tree=shape)
+    alone = generate(target, PROMPT, GenerationConfig(max_new_tokens=23))
+    spec = generate(target, PROMPT, cfg, draft, PROMPT)
+    assert spec.tokens == alone.tokens and len(spec.tokens) == 23
+    s = spec.stats
+    assert sum(s.produced_per_step) + 1 == 23 and set(s.budget_per_step) == {shape.nodes}
+    if kind == "self":  # the draft's own greedy path (first children) is the target's: all of it in the tree kept
+        assert s.accepted_per_step == [_first_child_depth(t) for t in trees]
+        assert sum(s.accepted_per_step) > 0.5 * min(shape.depth, shape.budget) * s.steps
+    elif kind == "random":
+        assert s.alpha < 0.2
+
+
+def _first_child_depth(tree) -> int:
+    """How deep the path of first children (the draft's argmax at each node) goes in the tree."""
+    node, depth = 0, 0
+    while (c := int(tree.children[0, node, 0])) >= 0:
+        node, depth = c, depth + 1
+    return depth
+
+
+def _kv(model) -> list[torch.Tensor]:
+    n = int(model.length[0])
+    return [torch.cat([a.self_attn.kv_cache.k[0, :, :n], a.self_attn.kv_cache.v[0, :, :n]]) for a in model.model.layers]
+
+
+def _assert_prefill_of(model, ids: torch.Tensor, cached: list[torch.Tensor]) -> None:
+    fresh = twin(model)
+    with torch.inference_mode():
+        fresh(ids=ids[None])
+    for got, want in zip(cached, _kv(fresh)):
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0)], ids=["greedy", "sampling"])
+@pytest.mark.parametrize("shape", [TreeShape(8, 4, 2), TreeShape(9, 3, 3), TreeShape.chain(3)],
+                         ids=["b8d4w2", "b9d3w3", "chain3"])
+def test_caches_hold_exactly_the_committed_sequence_after_every_step(shape, sampling, monkeypatch):
+    target, draft = partly_agreeing()
+    snapshots = []
+
+    def spy(d, pending, start, *args):
+        snapshots.append((_kv(target), _kv(draft), int(start)))  # the state the previous step left
+        return grow(d, pending, start, *args)
+
+    monkeypatch.setattr(imuspec.speculative, "grow", spy)
+    cfg = GenerationConfig(max_new_tokens=30, tree=shape, sampling=sampling, seed=3)
+    out = generate(target, PROMPT, cfg, draft, PROMPT).tokens
+    seq = torch.cat([PROMPT, torch.tensor(out)])
+    assert len(snapshots) > 5
+    for t_kv, d_kv, d_len in snapshots:
+        assert int(d_len) == len(d_kv[0][0]) >= len(PROMPT)
+        _assert_prefill_of(target, seq[:len(t_kv[0][0])], t_kv)
+        _assert_prefill_of(draft, seq[:d_len], d_kv)
+
+
+def test_eos_inside_the_accepted_path():
+    target = tiny(0)
+    shape = TreeShape(10, 5, 2)  # draft = target: 6 tokens per step, blocks end at output index 6, 12, ...
+    alone = generate(target, PROMPT, GenerationConfig(max_new_tokens=30)).tokens
+    i = next(i for i in range(7, 30) if alone[i] not in alone[:i] and i % 6)
+    cfg = GenerationConfig(max_new_tokens=30, tree=shape, eos_token_ids=(alone[i],))
+    spec = generate(target, PROMPT, cfg, twin(target), PROMPT)
+    assert spec.tokens == alone[:i + 1] == generate(target, PROMPT, cfg).tokens
+    assert spec.stats.accepted_per_step[-1] == 5 and spec.stats.produced_per_step[-1] < 6
+
+
+def test_max_new_tokens_inside_the_accepted_path():
+    target = tiny(0)
+    cfg = GenerationConfig(max_new_tokens=8, tree=TreeShape(8, 4, 2))
+    spec = generate(target, PROMPT, cfg, twin(target), PROMPT)
+    assert spec.tokens == generate(target, PROMPT, GenerationConfig(max_new_tokens=8)).tokens
+    assert spec.stats.accepted_per_step == [4, 4] and spec.stats.produced_per_step == [5, 2]
+
+
+def test_greedy_accept_takes_the_longest_agreeing_path():
+    """A hand-made tree: root -> {3, 5}; 3 -> {1, 2}; 5 -> {4}. The target's argmax: 3 after the root, 2 after 3."""
+    target, draft = tiny(0), tiny(1)
+    tree = grow(draft, PROMPT[None], 0, TreeShape(5, 2, 2), Sampling(), torch.Generator())
+    tree.tokens[0] = torch.tensor([0, 3, 5, 1, 2, 4])
+    tree.parents[0] = torch.tensor([-1, 0, 0, 1, 1, 2])
+    logits = torch.zeros(1, 6, 96)
+    logits[0, [0, 1, 2, 3, 4, 5], [3, 2, 7, 8, 9, 6]] = 1.0  # argmax per node
+    tree.ancestors[0] = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0],
+                                      [1, 1, 0, 1, 0, 0], [1, 1, 0, 0, 1, 0], [1, 0, 1, 0, 0, 1]], dtype=torch.bool)
+    tree.depth[0] = torch.tensor([0, 1, 1, 2, 2, 2])
+    n, nxt, path = greedy_accept(tree, logits)
+    assert int(n) == 2 and int(nxt) == 9 and path[0].tolist() == [0, 1, 4]
+
+
+def test_adaptive_with_a_random_draft_falls_back_to_the_target_alone(verify_cost_folder):
+    target, draft = tiny(0, cache=128), tiny(1, cache=128)
+    cfg = GenerationConfig(max_new_tokens=60, gamma="auto", tree="auto")
+    spec = generate(target, PROMPT, cfg, draft, PROMPT)
+    assert spec.tokens == generate(target, PROMPT, GenerationConfig(max_new_tokens=60)).tokens
+    s = spec.stats
+    assert s.fallback is not None and s.fallback["alpha"] < 0.3
+    assert s.budget_per_step[0] == 1 and s.budget_per_step.count(0) > 0.8 * s.steps  # one probe, then the target
+    assert list(verify_cost_folder.glob("verify_cost/*.json"))  # v(T) measured once and kept
+
+
+def test_confidence_stop_ends_a_chain_early():
+    target, draft = partly_agreeing()
+    cfg = GenerationConfig(max_new_tokens=30, gamma=6, confidence=0.9)
+    spec = generate(target, PROMPT, cfg, draft, PROMPT)
+    assert spec.tokens == generate(target, PROMPT, GenerationConfig(max_new_tokens=30)).tokens
+    assert min(spec.stats.drafted_per_step) < 6
+
+
+def _planner(probe_every: int) -> Planner:
+    p = Planner(tiny(0, cache=128), [TreeShape.chain(g) for g in (1, 2, 4)] + [TreeShape(8, 4, 2)], probe_every)
+    p.verify_s = [1e-3 * (1 + 0.1 * t) for t in range(64)]  # v(T) = (1 + 0.1 (T − 1)) ms, as if measured
+    return p
+
+
+def _step(p: Planner, accept_all: bool, draft_forward_s: float):
+    shape = p.next_shape()
+    depth, nodes = (shape.depth, shape.nodes) if shape else (0, 0)
+    p.update(shape, depth, depth if accept_all else 0, nodes, depth * draft_forward_s, p.verify_s[nodes])
+    return shape
+
+
+def test_planner_falls_back_when_nothing_is_accepted_and_probes_now_and_then():
+    p = _planner(probe_every=4)
+    shapes = [_step(p, False, 5e-4) for _ in range(60)]
+    assert shapes[0] == TreeShape.chain(1)  # the cheapest shape first, to measure alpha and c
+    probes = sum(s is not None for s in shapes[1:])
+    assert 3 <= probes <= 12  # a probe costs c + v(2) = 1.6 target steps: one every 4 x 1.6 steps
+    assert p.fallback == {"alpha": 0.0, "c": pytest.approx(0.5)}
+
+
+def test_planner_drafts_deep_when_everything_is_accepted():
+    p = _planner(probe_every=32)
+    shapes = [_step(p, True, 1e-4) for _ in range(20)]
+    assert p.fallback is None and None not in shapes
+    assert shapes[-1].depth >= 4  # longer chains or the tree once their acceptance is seen
