@@ -107,19 +107,19 @@ def main() -> None:
     with torch.inference_mode():
         target.warm_steps([1] + [g + 1 for g in a.gammas])
         draft.warm_steps([1, 2])
-    ar_cfg = GenerationConfig(max_new_tokens=a.new_tokens)
+    ar_cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens)
     runs = []
     for alpha in a.alphas:
         eps = calibrate(target, draft, 0.05, alpha, calib_ids)
-        generate(target, prompt, GenerationConfig(max_new_tokens=8))  # compile / graph capture
+        generate(target, prompt, GenerationConfig(eos_token_ids=(), max_new_tokens=8))  # compile / graph capture
         ar = generate(target, prompt, ar_cfg)
         step_s = ar.stats.target_s / ar.stats.steps
         row = {"alpha_target": alpha, "eps": eps, "teacher_forced_agreement": agreement(target, draft, calib_ids),
                "ar_tokens_per_s": ar.stats.tokens_per_s, "ar_decode_step_ms": 1e3 * step_s,
                "ar_fraction_of_floor": floor_s / step_s, "spec": []}
         for g in a.gammas:
-            cfg = GenerationConfig(max_new_tokens=a.new_tokens, gamma=g)
-            generate(target, prompt, GenerationConfig(max_new_tokens=2 * g + 2, gamma=g), draft, prompt)  # capture
+            cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=g)
+            generate(target, prompt, GenerationConfig(eos_token_ids=(), max_new_tokens=2 * g + 2, gamma=g), draft, prompt)  # capture
             sp = generate(target, prompt, cfg, draft, prompt)
             s = sp.stats
             c = s.draft_s / (g * s.steps) / step_s
@@ -156,7 +156,7 @@ def main() -> None:
     for i in range(a.exactness_prompts):
         p = torch.randint(3, t_cfg.vocab_size, (a.prompt_len,), generator=gen).to(dev)
         x = generate(target, p, ar_cfg).tokens
-        y = generate(target, p, GenerationConfig(max_new_tokens=a.new_tokens, gamma=runs[-1]["best_gamma"]), draft, p).tokens
+        y = generate(target, p, GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=runs[-1]["best_gamma"]), draft, p).tokens
         div.append(first_divergence(x, y))
     r["exactness"] = {"prompts": a.exactness_prompts, "identical_fraction": sum(d is None for d in div) / len(div),
                       "first_divergence": div}

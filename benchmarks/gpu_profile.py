@@ -16,9 +16,10 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from imuspec import kernels
 from imuspec.synthetic import controlled_pair, parse_shape
 
-CATEGORIES = [("attention", r"attention|fmha|flash|sdpa"), ("gemm/gemv", r"gemm|gemv|cutlass|sm90|xmma|nvjet|splitK|cublas"),
+CATEGORIES = [("attention", r"attention|fmha|flash|sdpa|split_kernel"), ("gemm/gemv", r"gemm|gemv|cutlass|sm90|xmma|nvjet|splitK|cublas"),
               ("triton fused", r"triton"), ("copy/index", r"copy|index|scatter|gather|fill|cat")]
 
 
@@ -44,7 +45,8 @@ def main() -> None:
     ap.add_argument("--shape", default="vicuna-7b")
     ap.add_argument("--context", type=int, default=768)
     ap.add_argument("--coordinate-descent", action="store_true")
-    ap.add_argument("--attention", choices=["few", "sdpa"], default="few", help="decode/verify attention path")
+    ap.add_argument("--attention", choices=["few", "sdpa", "kernel"], default="few",
+                    help="decode/verify attention path (kernel: imuspec.kernels' Triton split-K)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     if a.coordinate_descent:
@@ -55,7 +57,8 @@ def main() -> None:
     for layer in model.model.layers:
         layer.self_attn.fuse()
         layer.mlp.fuse()
-        layer.self_attn.few_queries = 16 if a.attention == "few" else 0
+        layer.self_attn.few_queries = 0 if a.attention == "sdpa" else 16
+        layer.self_attn.kernel_sms = kernels.multiprocessors(model.device) if a.attention == "kernel" else 0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ctx = torch.randint(3, cfg.vocab_size, (1, a.context), device="cuda")
     r = {"device": torch.cuda.get_device_name(), "shape": a.shape, "context": a.context,

@@ -76,23 +76,23 @@ def smollm2_drafts(new_tokens: int, repeats: int = 3) -> dict:
     torch.manual_seed(0)
     rand = Decoder(replace(t.config, num_hidden_layers=2, hidden_size=64, intermediate_size=176,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=None)).eval()
-    cfgs = {"fixed g=4": GenerationConfig(new_tokens, 4),
-            "adaptive g=4": GenerationConfig(new_tokens, 4, adapt=True),
-            "adaptive auto": GenerationConfig(new_tokens, "auto", tree="auto")}
+    cfgs = {"fixed g=4": GenerationConfig(new_tokens, 4, eos_token_ids=()),
+            "adaptive g=4": GenerationConfig(new_tokens, 4, adapt=True, eos_token_ids=()),
+            "adaptive auto": GenerationConfig(new_tokens, "auto", tree="auto", eos_token_ids=())}
     for m in (t, cut, rand):
         fit(m, len(prompt), cfgs.values())
     t0 = time.perf_counter()
     profile = verify_profile(t)  # measured now unless cached
     out = {"target": "SmolLM2-135M-Instruct", "profile_s": time.perf_counter() - t0, "verify_s": profile,
            "verify_over_1": [x / profile[0] for x in profile]}
-    alone, alone_tps = run(t, prompt, GenerationConfig(new_tokens))
+    alone, alone_tps = run(t, prompt, GenerationConfig(new_tokens, eos_token_ids=()))
     out["alone_tokens_per_s"] = alone_tps
     for name, draft in (("random 2-layer", rand), ("first 4 layers", cut)):
         for label, cfg in cfgs.items():
             generate(t, prompt, cfg, draft, prompt)  # warm-up
             pairs = []  # (alone, speculative) back to back: the shared machine's load drifts between runs
             for _ in range(repeats):
-                pairs.append((generate(t, prompt, GenerationConfig(new_tokens)), generate(t, prompt, cfg, draft, prompt)))
+                pairs.append((generate(t, prompt, GenerationConfig(new_tokens, eos_token_ids=())), generate(t, prompt, cfg, draft, prompt)))
             ratios = sorted(b.stats.tokens_per_s / a.stats.tokens_per_s for a, b in pairs)
             g, tps = pairs[0][1], statistics.median(b.stats.tokens_per_s for _, b in pairs)
             s = g.stats

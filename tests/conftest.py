@@ -1,12 +1,19 @@
+import os
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch loads; subprocesses (CLI, torchrun) inherit it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM
 
 from imuspec.model import Decoder, LlamaConfig
 from imuspec.speculative import GenerationConfig, Stats, generate
+
+# Small models on one thread: their steps are too small to split, and on a busy machine OpenMP threads spinning for
+# cores they do not get made the suite 30x slower (issue 15).
+torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 
@@ -61,7 +68,7 @@ def hf_pair(name: str, seed: int = 0) -> tuple[LlamaForCausalLM, Decoder]:
 def assert_lossless(target: Decoder, target_prompt, draft: Decoder, draft_prompt, max_new_tokens: int = 16,
                     gamma: int = 3) -> Stats:
     """Greedy speculative decoding with ``draft`` gives the target's own tokens; returns the speculative stats."""
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, eos_token_ids=())
     target.setup_cache(len(target_prompt) + max_new_tokens + gamma)
     draft.setup_cache(len(draft_prompt) + max_new_tokens + gamma)
     alone = generate(target, target_prompt, cfg)

@@ -49,7 +49,7 @@ def row_configs(base: GenerationConfig, target, draft, tp, dp) -> list[Generatio
 @pytest.mark.parametrize("b", [2, 5, 8])
 def test_each_row_equals_the_row_decoded_alone(b, shape, sampling, monkeypatch):
     target, draft = partly_agreeing()
-    base = GenerationConfig(sampling=SAMPLINGS[sampling], **SHAPES[shape])
+    base = GenerationConfig(sampling=SAMPLINGS[sampling], eos_token_ids=(), **SHAPES[shape])
     tp, dp = rows(b, seed=b)
     cfgs = row_configs(base, target, draft, tp, dp)
     batch_sizes = []
@@ -81,7 +81,7 @@ def test_embeddings_prompts_and_target_only_rows():
     """Embedding prompts of different lengths, batched without a draft: each row equals the target alone."""
     target, _ = partly_agreeing()
     tp, _ = rows(5, seed=7)
-    cfg = GenerationConfig(max_new_tokens=15)
+    cfg = GenerationConfig(max_new_tokens=15, eos_token_ids=())
     with torch.no_grad():
         emb = [target.embed(p) for p in tp]
     got = generate_batch(target, emb, cfg)
@@ -107,7 +107,7 @@ def batch_tokens(shape: TreeShape, seeds: list[int]) -> np.ndarray:
     """The first three tokens of ROWS rows of one batch, the same prompt, each row with its seed."""
     target, draft = model(0, 1), model(1, 1)
     s = Sampling(temperature=0.8)
-    cfgs = [GenerationConfig(max_new_tokens=3, tree=shape, sampling=s, seed=k) for k in seeds]
+    cfgs = [GenerationConfig(max_new_tokens=3, tree=shape, sampling=s, seed=k, eos_token_ids=()) for k in seeds]
     out = generate_batch(target, [SHORT] * ROWS, cfgs, draft, [SHORT] * ROWS)
     return np.array([g.tokens for g in out])
 
@@ -141,7 +141,7 @@ def test_shapes_chosen_for_the_whole_batch_keep_each_row_lossless(setting, cache
     decide for the whole batch: each row still equals the target alone (greedy)."""
     target, draft = partly_agreeing() if "confidence" in setting else (tiny(0, cache=128), tiny(1, cache=128))
     tp, dp = rows(4, seed=3)
-    cfgs = [GenerationConfig(max_new_tokens=30 + 7 * i, seed=i, **setting) for i in range(4)]
+    cfgs = [GenerationConfig(max_new_tokens=30 + 7 * i, seed=i, eos_token_ids=(), **setting) for i in range(4)]
     got = generate_batch(target, tp, cfgs, draft, dp)
     assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
     if "tree" in setting:

@@ -97,7 +97,8 @@ def test_a_pickle_that_runs_code_is_refused(saved, monkeypatch):
 
 
 def test_folder_without_weights(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"vocab_size": 8, "hidden_size": 8, "intermediate_size": 16, '
+                                          '"num_hidden_layers": 1, "num_attention_heads": 2}')
     with pytest.raises(CheckpointError, match="no weights found"):
         load_decoder(tmp_path)
     with pytest.raises(CheckpointError, match="config.json: file not found"):

@@ -74,7 +74,7 @@ def test_generate_sampling_through_the_console_script(models):
 def test_unknown_template_and_too_long_prompt(models, capsys, tmp_path):
     target, _ = models
     assert main(["generate", "--target", str(target), "--prompt", "hi", "--template", "nope"]) == 2
-    assert "known templates: eventgpt_v1, llava_v1, sensorllm, v1, vicuna_v1" in capsys.readouterr().err
+    assert "known templates: chat, eventgpt_v1, llava_v1, plain, sensorllm, v1, vicuna_v1" in capsys.readouterr().err
     assert main(["generate", "--target", str(target), "--prompt", "walking " * 300]) == 2
     assert "more than the target's max_position_embeddings 256" in capsys.readouterr().err
 

@@ -47,7 +47,7 @@ def test_greedy_equals_target_alone(kind, gamma):
     else:
         target = tiny(0)
         draft = twin(target) if kind == "self" else tiny(1)
-    cfg = GenerationConfig(max_new_tokens=23, gamma=gamma)  # 23 is not a multiple of gamma + 1
+    cfg = GenerationConfig(max_new_tokens=23, gamma=gamma, eos_token_ids=())  # 23 is not a multiple of gamma + 1
     alone = generate(target, PROMPT, cfg)
     spec = generate(target, PROMPT, cfg, draft, PROMPT)
     assert spec.tokens == alone.tokens and len(spec.tokens) == 23
@@ -64,7 +64,7 @@ def test_greedy_equals_target_alone(kind, gamma):
 
 def test_eos_inside_an_accepted_block():
     target = tiny(0)
-    alone = generate(target, PROMPT, GenerationConfig(max_new_tokens=30))
+    alone = generate(target, PROMPT, GenerationConfig(max_new_tokens=30, eos_token_ids=()))
     eos = alone.tokens[7]  # the 8th token: not at the end of a gamma=4 block (blocks end at 1, 6, 11, ...)
     assert eos not in alone.tokens[:7]
     cfg = GenerationConfig(max_new_tokens=30, gamma=4, eos_token_ids=(eos,))

@@ -78,7 +78,7 @@ def test_caches_hold_exactly_the_committed_sequence_after_every_step(shape, samp
         return grow(d, pending, start, *args)
 
     monkeypatch.setattr(imuspec.speculative, "grow", spy)
-    cfg = GenerationConfig(max_new_tokens=30, tree=shape, sampling=sampling, seed=3)
+    cfg = GenerationConfig(max_new_tokens=30, tree=shape, sampling=sampling, seed=3, eos_token_ids=())  # no EOS: many steps
     out = generate(target, PROMPT, cfg, draft, PROMPT).tokens
     seq = torch.cat([PROMPT, torch.tensor(out)])
     assert len(snapshots) > 5

@@ -5,6 +5,7 @@ at once against transformers' batched ``generate`` (its assisted generation take
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -141,21 +142,27 @@ def bench_engine(
     seed: int = 0,
     hf: bool = True,
     compile: bool = False,
+    say: Callable[[str], None] = lambda _: None,
     tree: int | str | None = None,
     batch: int = 1,
 ) -> dict:
     """One run on one set of weights; ε is calibrated to greedy agreement ``alpha`` unless given. With ``batch`` > 1,
-    ``batch`` prompts of different lengths (up to ``prompt_len``) decode as one batch (:func:`bench_batch`)."""
+    ``batch`` prompts of different lengths (up to ``prompt_len``) decode as one batch (:func:`bench_batch`). ``say``
+    hears which phase starts (the whole run takes minutes on a CPU)."""
     dev = torch.device(device)
+    say(f"building the {target_shape} / {draft_shape} pair")
     t_cfg, d_cfg = parse_shape(target_shape), parse_shape(draft_shape)
     target, draft = controlled_pair(t_cfg, d_cfg, eps if eps is not None else 0.05, seed, dev, dtype)
     gen = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randint(3, t_cfg.vocab_size, (prompt_len,), generator=gen).to(dev)
     for m in (target, draft):
-        m.setup_cache(prompt_len + new_tokens + GenerationConfig(gamma=gamma, tree=tree).draft_slots)
+        # the run, or the warm-up if longer
+        m.setup_cache(prompt_len + max(new_tokens, 2 * gamma + 2) + GenerationConfig(gamma=gamma, tree=tree).draft_slots)
     if eps is None:
+        say(f"calibrating eps to greedy agreement {alpha}")
         eps = calibrate(target, draft, 0.05, alpha, torch.randint(3, t_cfg.vocab_size, (prompt_len + new_tokens,), generator=gen).to(dev))
-    cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed, tree=tree)
+    cfg = GenerationConfig(max_new_tokens=new_tokens, gamma=gamma, sampling=Sampling(), seed=seed, tree=tree,
+                           eos_token_ids=())  # a fixed length, as transformers' min_new_tokens
     hf_pair = (to_hf(target), to_hf(draft)) if hf else None  # before compile_steps fuses our projections
     if batch > 1:
         prompts = [prompt[:prompt_len - i * prompt_len // (2 * batch)] for i in range(batch)]
@@ -170,11 +177,14 @@ def bench_engine(
         with torch.inference_mode():
             target.warm_steps([1, gamma + 1])
             draft.warm_steps([1, 2])
-    warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma, tree=tree)
+    warm = GenerationConfig(max_new_tokens=2 * gamma + 2, gamma=gamma, tree=tree, eos_token_ids=())
+    say("warming up")
     generate(target, prompt, warm)
     generate(target, prompt, warm, draft, prompt)
 
+    say(f"ours: target alone, {new_tokens} tokens")
     ar: Generation = generate(target, prompt, cfg)
+    say(f"ours: speculative, gamma {gamma}")
     spec: Generation = generate(target, prompt, cfg, draft, prompt)
     s = spec.stats
     t_step = ar.stats.target_s / ar.stats.steps
@@ -203,8 +213,10 @@ def bench_engine(
     }
     if hf_pair:
         hf_t, hf_d = hf_pair
+        say("transformers: generate")
         hf_generate(hf_t, prompt, 2)  # warm-up
         hf_tokens, hf_s = hf_generate(hf_t, prompt, new_tokens)
+        say("transformers: generate(assistant_model=...)")
         hf_a_tokens, hf_a_s = hf_generate(hf_t, prompt, new_tokens, hf_d, gamma)
         r.update({
             "hf_generate_tokens_per_s": new_tokens / hf_s,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -31,14 +33,23 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
-def load_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of one file: safetensors, or a torch pickle read with ``weights_only=True`` (tensors only)."""
+def load_weights_file(path: Path, shard_of: Path | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of one file: safetensors, or a torch pickle read with ``weights_only=True`` (tensors only).
+    ``shard_of``: the index that lists this file, named in errors."""
+    where = f"{path}" + (f" (a shard listed in {shard_of.name})" if shard_of else "")
+    if not path.exists():
+        raise CheckpointError(f"{where}: file not found")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise CheckpointError(f"{where}: truncated or corrupt safetensors file ({e})") from None
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to unpickle (only tensors are allowed): {e}") from None
+        raise CheckpointError(f"{where}: refused to unpickle (only tensors are allowed): {e}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{where}: truncated or corrupt torch file ({str(e).splitlines()[0]})") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(sd).__name__}")
     return sd
@@ -54,7 +65,7 @@ def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"{folder / index_name}: field 'weight_map' missing or not an object")
             sd = {}
             for shard in sorted(set(weight_map.values())):
-                sd.update(load_weights_file(folder / shard))
+                sd.update(load_weights_file(folder / shard, folder / index_name))
             missing = sorted(set(weight_map) - set(sd))
             if missing:
                 raise CheckpointError(f"{folder / index_name}: keys listed but not in their shard: {missing[:5]}")
@@ -97,8 +108,19 @@ def empty_decoder(cfg: LlamaConfig, device: str | torch.device = "cpu") -> Decod
 def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Decoder:
     """A :class:`Decoder` from a Hugging Face LLaMA folder (``config.json`` + weights)."""
     folder = Path(folder)
-    cfg = LlamaConfig.from_hf(read_json(folder / "config.json"))
+    cfg = LlamaConfig.from_hf(hf_config(folder), str(folder / "config.json"))
     return build_decoder(cfg, load_state_dict(folder), str(folder), dtype, device)
+
+
+def hf_config(folder: Path) -> dict:
+    """``config.json``, with EOS from ``generation_config.json`` where that says (what transformers' ``generate``
+    stops at)."""
+    d = read_json(folder / "config.json")
+    if (folder / "generation_config.json").exists():
+        eos = read_json(folder / "generation_config.json").get("eos_token_id")
+        if eos is not None:
+            d = {**d, "eos_token_id": eos}
+    return d
 
 
 def build_decoder(
@@ -127,4 +149,4 @@ def save_decoder(decoder: Decoder, folder: str | Path, tokenizer=None) -> None:
     tied = ("lm_head.weight",) if decoder.config.tie_word_embeddings else ()  # the embedding, stored once
     save_file({k: v.contiguous() for k, v in decoder.state_dict().items() if k not in tied}, str(folder / "model.safetensors"))
     if tokenizer is not None:
-        tokenizer.hf.save_pretrained(str(folder))
+        tokenizer.save_pretrained(folder)

@@ -7,9 +7,12 @@ import argparse
 import importlib
 import json
 import sys
+import time
 import warnings
 
-from .runtime import add_run_options, device, n_weights, set_threads, torch_dtype
+from .runtime import add_run_options, device, n_weights, positive, set_threads, torch_dtype
+
+DEFAULT_NEW_TOKENS = 128
 
 DESCRIPTION = ("cross-modal speculative decoding: a cheap IMU-conditioned draft, an event-camera or video target, "
                "and exactly the target's own answer. 'imuspec COMMAND --help' lists a command's options.")
@@ -86,11 +89,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .families import draft_kind, is_imu_draft, load_draft, load_target
     from .sampling import Sampling
     from .speculative import GenerationConfig, generate
-    from .templates import get_template
+    from .templates import TEMPLATES, StopStrings, check_template, get_template
     from .vocab import drafter
 
-    if a.template:
-        get_template(a.template)  # an unknown name fails before any loading
+    check_template(a.template)  # an unknown name fails before any loading
     dev, dtype = device(a.device), torch_dtype(a.dtype)
     sample = _paired_sample(a)
     events, imu = (sample.events, sample) if sample else (a.events, a.imu)
@@ -102,12 +104,20 @@ def cmd_generate(a: argparse.Namespace) -> int:
     draft = load_draft(a.draft, a.prompt, a.template, target.tokenizer, imu, a.imu_index, a.imu_encoder, a.chronos,
                        a.target, dtype, dev, a.draft_layers) if a.draft else None
     set_threads(a.threads, n_weights(target.decoder, draft and draft.decoder))
+    sides = [(s, role) for s, role in ((target, "target"), (draft, "draft")) if s is not None]
+    shape = GenerationConfig(gamma=a.gamma, tree=a.tree, adapt=not a.no_adapt)
+    slots = shape.draft_slots if draft else 0  # draft tokens a verify step holds beyond the output
+    room = min(s.decoder.config.max_position_embeddings - len(s.prompt) - slots for s, _ in sides)
+    max_new = a.max_new_tokens or max(1, min(DEFAULT_NEW_TOKENS, room))
+    if a.max_new_tokens is None and 1 <= room < DEFAULT_NEW_TOKENS:
+        print(f"[--max-new-tokens {max_new}: as many as the models hold after the prompt]", file=sys.stderr)
+    named = a.template in TEMPLATES
     cfg = GenerationConfig(
-        max_new_tokens=a.max_new_tokens,
+        max_new_tokens=max_new,
         gamma=a.gamma,
         sampling=Sampling(a.temperature, a.top_k, a.top_p),
-        seed=a.seed,
-        eos_token_ids=tuple(target.decoder.config.eos_ids),
+        seed=a.seed,  # EOS: the target's own (config.json, generation_config.json)
+        stop=StopStrings(target.tokenizer, get_template(a.template).stop_strings) if named else None,
         tree=a.tree,
         adapt=not a.no_adapt,
     )
@@ -115,18 +125,16 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if draft:
         drafting, pair = drafter(draft.decoder, draft.tokenizer, target.decoder, target.tokenizer)
         print(pair.note(cfg.sampling.greedy), file=sys.stderr)
-    for side, role in ((target, "target"), (draft, "draft")):
-        if side is None:
-            continue
-        need = len(side.prompt) + cfg.max_new_tokens + (cfg.draft_slots if draft else 0)
+    for side, role in sides:
+        need = len(side.prompt) + cfg.max_new_tokens + slots
         limit = side.decoder.config.max_position_embeddings
         if need > limit:
-            raise ValueError(
-                f"the {role} prompt is {len(side.prompt)} tokens; with --max-new-tokens {a.max_new_tokens} and "
-                f"--gamma {a.gamma} it needs {need} positions, more than the {role}'s max_position_embeddings {limit}"
-            )
+            counted = f"--max-new-tokens {cfg.max_new_tokens}" + (f" and {slots} draft slots (--gamma, --tree)"
+                                                                   if slots else "")
+            raise ValueError(f"the {role} prompt is {len(side.prompt)} tokens; with {counted} it needs {need} "
+                             f"positions, more than the {role}'s max_position_embeddings {limit}")
         if role == "draft" and drafting is not draft.decoder:  # its own tokens may outnumber the target's
-            need = min(limit, need + cfg.max_new_tokens + cfg.draft_slots)
+            need = min(limit, need + cfg.max_new_tokens + slots)
         side.decoder.setup_cache(need)
         if a.compile:
             side.decoder.compile_steps()
@@ -155,9 +163,11 @@ def cmd_bench_engine(a: argparse.Namespace) -> int:
 
     set_threads(a.threads, n_params(parse_shape(a.target_shape)))
 
+    t0 = time.perf_counter()
+    say = lambda phase: print(f"[{time.perf_counter() - t0:6.1f} s] {phase}", file=sys.stderr, flush=True)  # noqa: E731
     r = bench_engine(a.target_shape, a.draft_shape, a.eps, a.alpha, a.gamma, a.prompt_len, a.new_tokens,
                      device(a.device), torch_dtype(a.dtype), a.seed, hf=not a.no_hf, compile=a.compile, tree=a.tree,
-                     batch=a.batch)
+                     batch=a.batch, say=say)
     print(json.dumps(r, indent=1) if a.json else format_table(r))
     return 0
 
@@ -175,8 +185,11 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
                    "(without a tokenizer of its own it borrows the target's; with another vocabulary its proposals "
                    "are re-tokenised, imuspec.vocab); without it the target decodes alone")
     g.add_argument("--prompt", required=True, help="the question or text to continue")
-    g.add_argument("--template", help="template for text-only sides (vicuna_v1, llava_v1, eventgpt_v1, v1); "
-                   "default: the prompt as it is. Multimodal families use their own")
+    g.add_argument("--template", help="template for text-only sides: vicuna_v1, llava_v1, eventgpt_v1, v1, sensorllm; "
+                   "'chat': the tokenizer's chat template (a user turn + the generation prompt); 'plain': the prompt as "
+                   "it is (default: chat where tokenizer_config.json has a chat template, else plain). BOS goes in "
+                   "front where the tokenizer adds one (add_bos_token, else its post-processor). It stops at the "
+                   "model's EOS and at a named template's end-of-turn text. Multimodal families use their own")
     g.add_argument("--events", help="event file for an EventGPT target (.npy, .aedat4, .h5, .txt)")
     g.add_argument("--video", help="video file for a Video-LLaVA target")
     g.add_argument("--imu", help="IMU recording for an IMU draft (any format 'imuspec inspect-imu' reads)")
@@ -190,7 +203,8 @@ def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--imu-encoder", help="LIMU-BERT state dict for a LLaSA draft that does not hold its encoder")
     g.add_argument("--chronos", help="Chronos folder for a SensorLLM draft")
     g.add_argument("--draft-layers", type=int, metavar="K", help="keep the draft LLM's first K layers (LLaMA family)")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
+    g.add_argument("--max-new-tokens", type=positive, help=f"most tokens to generate (default: {DEFAULT_NEW_TOKENS}, "
+                   "or fewer where the models' max_position_embeddings hold fewer after the prompt)")
     g.add_argument("--gamma", type=_count_or_auto, default=4, help="draft tokens per target forward, or auto")
     g.add_argument("--tree", type=_count_or_auto, help="verify a token tree of N draft nodes per target forward "
                    "(EAGLE-2), or auto: chains or trees sized to the measured costs")
@@ -212,10 +226,10 @@ def add_bench_parser(b: argparse.ArgumentParser) -> None:
     e.add_argument("--draft-shape", default="cpu-5m", help="preset or key=value list, as --target-shape")
     e.add_argument("--eps", type=float, help="block scale; default: calibrated to --alpha")
     e.add_argument("--alpha", type=float, default=0.8, help="greedy agreement to calibrate eps to")
-    e.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    e.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
     e.add_argument("--tree", type=_count_or_auto, help="a token tree of N draft nodes per step (or auto) instead of a chain")
-    e.add_argument("--prompt-len", type=int, default=64, help="random prompt tokens")
-    e.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
+    e.add_argument("--prompt-len", type=positive, default=64, help="random prompt tokens")
+    e.add_argument("--new-tokens", type=positive, default=128, help="tokens to generate")
     e.add_argument("--no-hf", action="store_true", help="skip transformers' generate and assisted generation")
     e.add_argument("--batch", type=int, default=1, help="rows decoded at once (prompts of different lengths), "
                    "against transformers' batched generate")

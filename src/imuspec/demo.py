@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from pathlib import Path
 
 
+from .runtime import positive
+
 WEIGHTS = Path(__file__).parent / "weights"
+PLOT = Path(tempfile.gettempdir()) / "imuspec_demo.png"  # not into the working folder, a clone of the repository
 DEMO_SEED = 1_000_011
 
 
@@ -79,7 +83,7 @@ def timed_runs(target, target_prompt, cfg, draft=None, draft_prompt=None, repeat
 
 
 def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max_new_tokens: int = 40,
-             plot_path: Path | None = Path("imuspec_demo.png"), repeats: int = 5, threads: int | None = None) -> dict:
+             plot_path: Path | None = PLOT, repeats: int = 5, threads: int | None = None) -> dict:
     """``threads``: as ``--threads`` (see :func:`imuspec.runtime.set_threads`)."""
     from .events.render import eventgpt_frames
     from .families import open_draft, open_target
@@ -110,7 +114,7 @@ def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max
         "target_tokens_per_s": alone_tps,
         "speculative_tokens_per_s": spec_tps,
         "identical_to_target": spec.tokens == alone.tokens,
-        "plot": str(plot_path) if plot_path is not None else None,
+        "plot": str(Path(plot_path).resolve()) if plot_path is not None else None,
         "_marks": list(zip(pieces(tok, spec.tokens), accepted_mask(st.accepted_per_step, st.produced_per_step))),
         "_sample": {"source": sample.source, "reference": sample.text, **{k: sample.meta.get(k) for k in ("activity", "scene")}},
     }
@@ -118,12 +122,12 @@ def run_demo(weights: Path = WEIGHTS, seed: int = DEMO_SEED, gamma: int = 4, max
 
 def add_demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=DEMO_SEED, help="world seed of the sample (held out from training)")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="most tokens of the answer")
-    p.add_argument("--plot", default="imuspec_demo.png", help="PNG to write ('' for none)")
+    p.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
+    p.add_argument("--max-new-tokens", type=positive, default=40, help="most tokens of the answer")
+    p.add_argument("--plot", default=str(PLOT), help="PNG to write ('' for none)")
     p.add_argument("--weights", default=str(WEIGHTS), help="folder with target/ and imu_draft/ (default: shipped)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
+    p.add_argument("--threads", type=positive, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
                    "one: the shipped models' steps are too small to split)")
     p.set_defaults(func=cmd_demo)
 
@@ -152,5 +156,5 @@ def cmd_demo(a: argparse.Namespace) -> int:
               f"speed-up {r['speedup']:.2f}x")
     con.print(f"identical to the target alone: {'yes' if r['identical_to_target'] else 'NO'}")
     if r["plot"]:
-        con.print(f"plot    {r['plot']}")
+        con.print(f"plot    written to {r['plot']}")
     return 0 if r["identical_to_target"] else 1

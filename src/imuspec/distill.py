@@ -320,11 +320,8 @@ def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) 
 
 def text_prompt_ids(tok: Tokenizer, query: str) -> list[int]:
     """A text-only target's prompt: the query as a user turn in the tokenizer's chat template where it has one,
-    else the query with BOS."""
-    if getattr(tok.hf, "chat_template", None):
-        ids = tok.hf.apply_chat_template([{"role": "user", "content": query}], add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    return tok.encode(query)
+    else the query as it is (:meth:`Tokenizer.prompt_ids`)."""
+    return tok.prompt_ids(query)
 
 
 def draft_prompt_ids(tok: Tokenizer, query: str, imu: bool, text_target: bool) -> list[int]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .runtime import add_run_options, n_weights, set_threads, torch_dtype
+from .runtime import add_run_options, n_weights, positive, set_threads, torch_dtype
 
 if TYPE_CHECKING:  # the command's heavy imports wait until it runs
     import torch
@@ -157,7 +157,7 @@ def _samples(a: argparse.Namespace, rank: int, world: int) -> list[tuple[int, Pa
         return list(zip(idx, make_samples(seeds, WorldConfig(), progress=rank == 0))) if seeds else []
     from .paired import aedat4_windows
 
-    ws = aedat4_windows(a.aedat4, a.window_us)
+    ws = aedat4_windows(a.aedat4, a.window_us)[: a.max_windows]
     return list(enumerate(ws))[rank::world]
 
 
@@ -247,16 +247,19 @@ def add_eval_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-layers", type=int, metavar="K", help="keep the IMU draft LLM's first K layers")
     p.add_argument("--text-draft", help="text-only LLaMA folder (vicuna_v1 prompt; the target's tokenizer if none)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--synthetic", type=int, metavar="N", help="N samples of imuspec.world, seeds from --first-seed")
+    src.add_argument("--synthetic", type=positive, metavar="N", help="N samples of imuspec.world, seeds from --first-seed")
     src.add_argument("--aedat4", metavar="FILE", help="consecutive windows of a camera file with events and IMU")
     p.add_argument("--first-seed", type=int, default=1_000_000,
                    help="first world seed of --synthetic (seeds from 1,000,000 are never trained on)")
-    p.add_argument("--window-us", type=int, default=50_000, help="window length for --aedat4 (µs)")
-    p.add_argument("--query", help="the question (default: imuspec.world.QUERY)")
+    p.add_argument("--window-us", type=positive, default=50_000, help="window length for --aedat4 (µs)")
+    p.add_argument("--max-windows", type=positive, metavar="N", help="only the first N windows of --aedat4 "
+                   "(default: every window)")
+    p.add_argument("--query", help="the question (default: imuspec.world.QUERY, the one the shipped pair was "
+                   "trained on: 'What am I doing, and what do I see?')")
     p.add_argument("--out", required=True, help="folder for samples.jsonl, summary.json, eval.png")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="most tokens per answer")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
-    p.add_argument("--tree", type=int, help="verify a token tree of N draft nodes per step instead of a chain")
-    p.add_argument("--batch-size", type=int, default=1, help="samples decoded at once (one row each)")
+    p.add_argument("--max-new-tokens", type=positive, default=48, help="most tokens per answer")
+    p.add_argument("--gamma", type=positive, default=4, help="draft tokens per target forward")
+    p.add_argument("--tree", type=positive, help="verify a token tree of N draft nodes per step instead of a chain")
+    p.add_argument("--batch-size", type=positive, default=1, help="samples decoded at once (one row each)")
     add_run_options(p)
     p.set_defaults(func=cmd_eval)

@@ -1,8 +1,8 @@
 """From a checkpoint folder and the user's sensor input to what the engine takes: a decoder and its prompt.
 
 The family comes from ``config.json``'s ``model_type``; each family builds its own prompt with its own template and
-modality tokens (see ``imuspec.models``). A plain LLaMA folder is a text-only side: the query under ``template`` (or
-as it is), with BOS. :func:`open_target` / :func:`open_draft` load a checkpoint once as a :class:`Family` that
+modality tokens (see ``imuspec.models``). A plain LLaMA folder is a text-only side: the query under ``template`` (a named one,
+``chat``, ``plain``; default: the tokenizer's chat template where it has one), BOS as its tokenizer adds it. :func:`open_target` / :func:`open_draft` load a checkpoint once as a :class:`Family` that
 prompts any number of inputs; :func:`load_target` / :func:`load_draft` do both for one input (a file or data in
 memory), as ``imuspec generate`` needs.
 
@@ -28,7 +28,7 @@ from .imu.preprocess import span_input, starting_at
 from .imu.recording import IMURecording
 from .model import Decoder
 from .paired import PairedSample
-from .templates import Tokenizer, get_template
+from .templates import Tokenizer
 
 
 @dataclass
@@ -61,8 +61,7 @@ def _text(folder: Path, template: str | None, dtype, device, tokenizer: Tokenize
     """A LLaMA folder prompted with text only (its own tokenizer, else ``tokenizer``)."""
     has_tokenizer = any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model"))
     tok = Tokenizer(folder) if has_tokenizer or tokenizer is None else tokenizer
-    fmt = get_template(template).prompt if template else (lambda q: q)
-    embed = lambda q, _=None: torch.tensor(tok.encode(fmt(q)), device=device)  # noqa: E731
+    embed = lambda q, _=None: torch.tensor(tok.prompt_ids(q, template), device=device)  # noqa: E731
     return Family(load_decoder(folder, dtype, device), tok, embed, "llama")
 
 

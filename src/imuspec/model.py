@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 
 @dataclass
 class LlamaConfig:
@@ -50,8 +52,14 @@ class LlamaConfig:
                 raise ValueError(f"rope_scaling type {kind!r} is not supported (known: default, linear, llama3)")
 
     @classmethod
-    def from_hf(cls, d: dict) -> LlamaConfig:
-        """Read a Hugging Face ``config.json`` dict, old (rope_theta/rope_scaling) or new (rope_parameters) style."""
+    def from_hf(cls, d: dict, source: str = "config.json") -> LlamaConfig:
+        """Read a Hugging Face ``config.json`` dict, old (rope_theta/rope_scaling) or new (rope_parameters) style.
+
+        The shape fields are required (no LLaMA-7B defaults filled in silently); ``source`` names the file in errors.
+        """
+        missing = [k for k in REQUIRED if k not in d]
+        if missing:
+            raise ValueError(f"{source}: field {missing[0]!r} missing (required: {', '.join(REQUIRED)})")
         d = dict(d)
         rope = d.pop("rope_parameters", None)
         if rope:
@@ -75,6 +83,9 @@ class LlamaConfig:
     def eos_ids(self) -> list[int]:
         e = self.eos_token_id
         return [] if e is None else [e] if isinstance(e, int) else list(e)
+
+
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> Tensor:
@@ -163,6 +174,7 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.head_dim = h, kv, d
         self.kv_cache: KVCache | None = None
         self.few_queries = 16  # up to this many new tokens (decode, verify) use few_query_attention
+        self.kernel_sms = 0  # > 0: decode_attention (Triton split-K) for few-query steps, set by compile_steps
 
     def fuse(self) -> None:
         """Replace q, k, v by one projection: one GEMV instead of three per decode step."""
@@ -188,7 +200,9 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k, v = self.kv_cache.write(slots, k, v)
-        if t <= self.few_queries:
+        if self.kernel_sms and t * self.n_head // self.n_kv <= kernels.MAX_ROWS:
+            y = kernels.decode_attention(q, k, v, mask[:, 0], slots[:, -1] + 1, self.kernel_sms)
+        elif t <= self.few_queries:
             y = few_query_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_head)
@@ -313,14 +327,20 @@ class Decoder(nn.Module):
             c.k, c.v = c.k[rows], c.v[rows]
         self.length = self.length[rows]
 
-    def compile_steps(self, fuse: bool = True) -> None:
+    def compile_steps(self, fuse: bool = True, kernel: bool = False) -> None:
         """Make :meth:`step` fast on a GPU: fused projections, and torch.compile's reduce-overhead mode, which fuses
         the small kernels and replays each step as a CUDA graph over the static cache.
 
         Each step length (1 for decode, γ+1 for verify, 1 or 2 for the draft) is compiled once with static shapes,
         on first use: a dynamic-length graph made the verify step cost 1.22 decode steps on an H200, a static one 1.08.
-        Prefill stays eager (it is compute-bound and happens once).
+        Prefill stays eager (it is compute-bound and happens once). ``kernel``: few-query attention through the
+        Triton split-K kernel (:mod:`imuspec.kernels`), which reads only the valid cache slots (CUDA only).
         """
+        if kernel and not kernels.available(self.device):
+            raise ValueError(f"kernel=True needs Triton and a CUDA device (model on {self.device})")
+        sms = kernels.multiprocessors(self.device) if kernel else 0
+        for layer in self.model.layers:
+            layer.self_attn.kernel_sms = sms
         if fuse:
             for layer in self.model.layers:
                 layer.self_attn.fuse()
@@ -339,18 +359,19 @@ class Decoder(nn.Module):
                 self.step(torch.zeros(1, t, dtype=torch.long, device=self.device))
         self.rollback(0)
 
-    def step(self, ids: Tensor) -> Tensor:
-        """A decode, draft or verify forward of ids [B, T]; compiled after :meth:`compile_steps`.
+    def step(self, ids: Tensor, positions: Tensor | None = None, tree_mask: Tensor | None = None) -> Tensor:
+        """A decode, draft or verify forward of ids [B, T] (a tree's with its positions and mask, as :meth:`forward`);
+        compiled after :meth:`compile_steps`, one graph per shape.
 
         The logits it returns are only valid until the next step (they live in the CUDA graph's memory).
         """
         if self._compiled is None:
-            return self(ids=ids)
-        t = ids.shape[1]
-        if t not in self._compiled:
-            self._compiled[t] = torch.compile(self.forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            return self(ids=ids, positions=positions, tree_mask=tree_mask)
+        key = (ids.shape, None if tree_mask is None else tree_mask.shape)
+        if key not in self._compiled:
+            self._compiled[key] = torch.compile(self.forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
         torch.compiler.cudagraph_mark_step_begin()
-        return self._compiled[t](ids=ids)
+        return self._compiled[key](ids=ids, positions=positions, tree_mask=tree_mask)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.embed_tokens(ids)

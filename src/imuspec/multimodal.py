@@ -16,11 +16,11 @@ PLACEHOLDER_ID = -200  # LLaVA's IMAGE_TOKEN_INDEX, also EventGPT's EVENT_TOKEN_
 
 
 def tokenize_with_placeholder(tok: Tokenizer, prompt: str, placeholder: str) -> list[int]:
-    """BOS + ``prompt`` tokens with each ``placeholder`` string as PLACEHOLDER_ID.
+    """BOS (where the tokenizer adds it) + ``prompt`` tokens with each ``placeholder`` string as PLACEHOLDER_ID.
 
     Like LLaVA's ``tokenizer_image_token``: the text between placeholders is tokenized piece by piece.
     """
-    ids = [tok.bos_id]
+    ids = [tok.bos_id] if tok.adds_bos else []
     for i, chunk in enumerate(prompt.split(placeholder)):
         if i:
             ids.append(PLACEHOLDER_ID)

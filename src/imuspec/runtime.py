@@ -62,11 +62,22 @@ def n_weights(*modules) -> int:
     return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse names the flag in its error)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def add_run_options(p: argparse.ArgumentParser, seed: int | None = 0) -> None:
     """--device, --dtype, --threads (and --seed unless ``seed`` is None)."""
     if seed is not None:
         p.add_argument("--seed", type=int, default=seed, help="random seed (sampling, synthetic weights)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
+    p.add_argument("--threads", type=positive, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
                    f"one per {WEIGHTS_PER_THREAD // 10**6}M parameters x tokens of a step, at most the cores)")

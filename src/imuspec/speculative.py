@@ -27,7 +27,7 @@ row, no confidence stop; adaptive sizing works for it as for any chain (the plan
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -50,12 +50,15 @@ class GenerationConfig:
     gamma: int | str = 4  # draft tokens per step (a chain); "auto": chosen as decoding goes
     sampling: Sampling = Sampling()
     seed: int = 0
-    eos_token_ids: tuple[int, ...] = ()  # stop after any of these (it is kept in the output)
+    eos_token_ids: tuple[int, ...] | None = None  # stop after any of these (kept); None: the target's own EOS
+    stop: Callable[[list[int]], int | None] | None = None  # output → length to cut it to, once it must end
     tree: int | TreeShape | str | None = None  # None: a chain of gamma; N: an N-node tree; "auto": chosen (or chains)
     adapt: bool = False  # choose each step's shape for speed, down to target-only steps (implied by "auto")
     confidence: float = 0.0  # chains: stop drafting once the draft's top probability falls below this
 
     def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens (--max-new-tokens) must be at least 1, got {self.max_new_tokens}")
         for name, v in (("gamma", self.gamma), ("tree", self.tree)):
             if isinstance(v, str) and v != "auto" or isinstance(v, int) and not isinstance(v, bool) and v < 1:
                 raise ValueError(f"{name}: expected a positive integer or 'auto', got {v!r}")
@@ -65,16 +68,13 @@ class GenerationConfig:
         return self.adapt or "auto" in (self.gamma, self.tree)
 
     def shapes(self) -> list[TreeShape]:
-        """The shapes a step may take: the configured one first; adaptive sizing may also shrink it (chains of
-        1..γ, or a one-token chain beside a tree) or, with "auto", choose among all."""
-        gammas = AUTO_GAMMAS if self.gamma == "auto" else range(self.gamma, 0, -1) if self.adaptive else [self.gamma]
-        chains = [TreeShape.chain(g, self.confidence) for g in gammas]
+        """The shapes a step may take: one, or the candidates that adaptive sizing chooses among."""
+        chains = [TreeShape.chain(g, self.confidence) for g in (AUTO_GAMMAS if self.gamma == "auto" else [self.gamma])]
         if self.tree is None:
             return chains
         if self.tree == "auto":
             return chains + [TreeShape.for_budget(n) for n in AUTO_BUDGETS]
-        tree = self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)
-        return [tree, TreeShape.chain(1)] if self.adaptive else [tree]
+        return [self.tree if isinstance(self.tree, TreeShape) else TreeShape.for_budget(self.tree)]
 
     @property
     def draft_slots(self) -> int:
@@ -254,7 +254,8 @@ def generate_batch(
     b = len(target_prompts)
     if b == 0:
         return []
-    cfgs = _row_configs(cfg, b)
+    cfgs = [c if c.eos_token_ids is not None else replace(c, eos_token_ids=tuple(target.config.eos_ids))
+            for c in _row_configs(cfg, b)]  # None: the target's own EOS
     slots = cfgs[0].draft_slots if draft is not None else 0
     _check(target, target_prompts, cfgs, slots, "target")
     mapped = isinstance(draft, MappedDraft)
@@ -306,13 +307,17 @@ def generate_batch(
                 stop = next((i + 1 for i, t in enumerate(news[j][:room]) if t in c.eos_token_ids),
                             min(len(news[j]), room))
                 out += news[j][:stop]
+                cut = c.stop(out) if c.stop else None  # a stop string: the target decided the tokens, this only cuts
+                if cut is not None:
+                    stop = max(0, stop - (len(out) - cut))
+                    del out[cut:]
                 if steps is not None:
                     n, depth, nodes = steps[j]
                     stats[r].accepted_per_step.append(n)
                     stats[r].drafted_per_step.append(depth)
                     stats[r].produced_per_step.append(stop)
                     stats[r].budget_per_step.append(nodes)
-                if len(out) >= c.max_new_tokens or out and out[-1] in c.eos_token_ids:
+                if cut is not None or len(out) >= c.max_new_tokens or out and out[-1] in c.eos_token_ids:
                     stats[r].wall_s = time.perf_counter() - wall
                     done.append(j)
             if len(done) == len(rows):

@@ -40,7 +40,7 @@ from .encoders.limu_bert import LimuBert, LimuBertConfig, mask_windows, span_mas
 from .events.render import CLIP_336
 from .model import LlamaConfig
 from .multimodal import PLACEHOLDER_ID
-from .runtime import set_threads
+from .runtime import positive, set_threads
 from .templates import Tokenizer, get_template
 
 SPECIAL = ["<unk>", "<s>", "</s>", "<ev_patch>", "<ev_start>", "<ev_end>"]
@@ -140,7 +140,10 @@ def build_tokenizer(folder: Path) -> Tokenizer:
     raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL, show_progress=False))
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     hf.save_pretrained(str(folder))
-    return Tokenizer(folder)
+    tok = Tokenizer(folder)
+    tok.adds_bos = True  # prompts start with BOS, as LLaMA's do
+    tok.save_pretrained(folder)
+    return tok
 
 
 def llama_config(shape: dict, tok: Tokenizer, cfg: RecipeConfig) -> LlamaConfig:
@@ -407,13 +410,13 @@ def add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data cache to read or write (default OUT/data.safetensors; its tokenizer/ beside it)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full",
                    help="model sizes and schedules: 'full' made the shipped pair, 'tiny' runs in seconds (tests)")
-    p.add_argument("--n-samples", type=int, help="world samples in the data cache "
+    p.add_argument("--n-samples", type=positive, help="world samples in the data cache "
                    f"(default: the preset's, {PRESETS['full'].n_samples} for full)")
     p.add_argument("--loss", choices=["tvd", "fkl"], help="draft distillation loss: tvd = total variation distance, "
                    f"fkl = forward KL (default: the preset's, {PRESETS['full'].loss} for full)")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every stage's epochs (quick runs)")
     p.add_argument("--ship", help="copy the trained models here afterwards (the package ships src/imuspec/weights)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
+    p.add_argument("--threads", type=positive, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
                    "set, else from the model and batch sizes, at most the cores this process has)")
     p.set_defaults(func=cmd_train)
 

@@ -139,8 +139,8 @@ def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape,
             logits = draft.step(tokens.gather(1, frontier))
         else:
             mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))  # [B, F, expanded]
-            logits = draft(ids=tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
-                           tree_mask=mask)
+            logits = draft.step(tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
+                                tree_mask=mask)
 
     keep = _select(score[:, 1:n], shape.budget, s.greedy) + 1
     keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), keep], dim=1)
@@ -255,8 +255,9 @@ def sample_accept(tree: Tree, p: Tensor, gen: Generators) -> tuple[Tensor, Tenso
 
 
 def verify_logits(target: Decoder, tree: Tree, start: int | Tensor) -> Tensor:
-    """The target's logits [B, N+1, V] at every node in one forward; its cache then holds the trees from ``start``."""
+    """The target's logits [B, N+1, V] at every node in one forward (a compiled step: one graph per tree size);
+    its cache then holds the trees from ``start``."""
     if tree.is_chain:
         return target.step(tree.tokens)
     start = torch.as_tensor(start, device=tree.tokens.device).view(-1, 1)
-    return target(ids=tree.tokens, positions=start + tree.depth, tree_mask=tree.ancestors)
+    return target.step(tree.tokens, positions=start + tree.depth, tree_mask=tree.ancestors)

@@ -126,7 +126,8 @@ def simulate_chunks(frames: Iterable[tuple[np.ndarray, float]], config: Simulato
                     source: str = "<simulated>", total: int | None = None
                     ) -> Iterator[tuple[EventSimulator, tuple[np.ndarray, ...]]]:
     """(simulator, events (x, y, t int64 µs, p)) of each frame interval, in time order — memory for one interval, so
-    a long video streams; a tqdm bar shows progress on inputs of over 300 frames (``total`` frames, where known)."""
+    a long video streams; a tqdm bar shows progress on inputs of over 300 frames (``total`` frames) or of unknown
+    length."""
     from tqdm import tqdm
 
     frames = iter(frames)
@@ -135,7 +136,8 @@ def simulate_chunks(frames: Iterable[tuple[np.ndarray, float]], config: Simulato
     except StopIteration:
         raise EventError(f"{source}: no frames, expected at least two") from None
     sim = EventSimulator(first, t_first, config)
-    bar = tqdm(frames, total=total and total - 1, disable=(total or 0) <= 300, unit="frame", desc="simulating events")
+    bar = tqdm(frames, total=total and total - 1, disable=total is not None and total <= 300, unit="frame",
+               desc="simulating events")
     stepped = False
     for f, t in bar:
         x, y, te, p = sim.step(f, t)

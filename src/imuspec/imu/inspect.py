@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from .readers import READERS, read_imu
 from .recording import IMURecording
@@ -40,6 +42,7 @@ def cmd_inspect_imu(a: argparse.Namespace) -> int:
     rec = read_imu(a.file, index=a.index, format=a.format)
     if a.plot:
         plot(rec, a.plot)
+        print(f"plot written to {Path(a.plot).resolve()}", file=sys.stderr)
     s = summary(rec)
     if a.json:
         print(json.dumps(s))

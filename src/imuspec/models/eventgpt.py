@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig
 
-from ..checkpoint import CheckpointError, build_decoder, load_into, load_state_dict, read_json
+from ..checkpoint import CheckpointError, build_decoder, hf_config, load_into, load_state_dict
 from ..model import Decoder, LlamaConfig
 from ..multimodal import splice, tokenize_with_placeholder
 from ..templates import Tokenizer, get_template
@@ -97,7 +97,7 @@ class EventGPT(nn.Module):
         for name in ("visual_projector", "feature_adaptor"):
             sd.update({f"model.{name}.{k}": v for k, v in getattr(self.encoder, name).state_dict().items()})
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
-        self.tokenizer.hf.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(folder)
 
     @classmethod
     def from_pretrained(
@@ -114,7 +114,7 @@ class EventGPT(nn.Module):
         override the tower folder, as in the original), else from that folder.
         """
         folder = Path(folder)
-        d = read_json(folder / "config.json")
+        d = hf_config(folder)
         if d.get("model_type") != "EventChat_llama":
             raise CheckpointError(f"{folder / 'config.json'}: model_type is {d.get('model_type')!r}, expected 'EventChat_llama'")
         tower_source = visual_tower or d.get("mm_visual_tower")
@@ -122,7 +122,7 @@ class EventGPT(nn.Module):
             tower_source = folder / tower_source
         if tower_source is None:
             raise CheckpointError(f"{folder / 'config.json'}: field 'mm_visual_tower' missing (or pass visual_tower=)")
-        cfg = LlamaConfig.from_hf(d)
+        cfg = LlamaConfig.from_hf(d, str(folder / "config.json"))
         tok = Tokenizer(folder)
         if d.get("mm_use_im_patch_token", True):  # never in a prompt, but it takes the first free id
             tok.hf.add_tokens([PATCH_TOKEN], special_tokens=True)

@@ -111,7 +111,7 @@ class LLaSA(nn.Module):
         if cfg_json.get("mm_hidden_size") != imu_config.hidden:
             raise CheckpointError(f"{folder / 'config.json'}: mm_hidden_size {cfg_json.get('mm_hidden_size')}; "
                                   f"expected {imu_config.hidden} (LIMU-BERT's hidden size)")
-        cfg = LlamaConfig.from_hf({**cfg_json, "model_type": "llama"})
+        cfg = LlamaConfig.from_hf({**cfg_json, "model_type": "llama"}, str(folder / "config.json"))
         lora = (folder / "adapter_config.json").exists()
         if lora:
             if base is None:
@@ -184,4 +184,4 @@ class LLaSA(nn.Module):
         sd.update({TOWER + k: v for k, v in self.imu_encoder.state_dict().items()})
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / "model.safetensors"))
         if self.tokenizer is not None:
-            self.tokenizer.hf.save_pretrained(str(folder))
+            self.tokenizer.save_pretrained(folder)

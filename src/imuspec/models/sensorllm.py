@@ -79,7 +79,7 @@ class SensorLLM:
             raise CheckpointError(
                 f"{folder / 'config.json'}: model_type is {d.get('model_type')!r}, expected one of {MODEL_TYPES}"
             )
-        llama = LlamaConfig.from_hf(d)
+        llama = LlamaConfig.from_hf(d, str(folder / "config.json"))
         sd = load_state_dict(folder)
         proj_sd = {k: v for k, v in sd.items() if k.startswith("model.ts_proj.")}
         # the LLM's weights; a full trainer save may also hold the Chronos backbone, which comes from chronos_folder
