@@ -135,7 +135,8 @@ def part_a(a) -> dict:
     dp = torch.tensor([new_tok.bos_token_id] + Vocab(new_tok, ()).encode(TEXT.encode()))
     mapped, pair = drafter(cross, new_tok, target, llama)
     drafts = {"same vocabulary": (draft, tp), "cross vocabulary": (mapped, dp)}
-    cases = [(target, tp, drafts, GenerationConfig(max_new_tokens=a.new_tokens, gamma=a.gamma, seed=seed))
+    cases = [(target, tp, drafts, GenerationConfig(max_new_tokens=a.new_tokens, gamma=a.gamma, seed=seed,
+                                                   eos_token_ids=()))  # fixed length
              for seed in range(a.seed, a.seed + a.seeds)]  # greedy runs the first; sampling every seed
     res = compare(cases, {"greedy": Sampling(), f"T={a.temperature}": Sampling(temperature=a.temperature)}, a.repeats)
     return {"results": res, "eps": eps, "note": pair.note(True), "split": a.split, "transformers": peer(a, target,
