@@ -24,10 +24,11 @@ CFG = SensorLLMConfig(proj_hidden=HIDDEN)
 LLAMA3_HEADERS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-def write_checkpoint(folder, model_type="sensorllmstage2", tags=True, drop=()):
-    """A SensorLLM-layout folder: HF LLaMA weights + model.ts_proj.{0,2,4}, config model_type, tokenizer with tags."""
+def write_checkpoint(folder, model_type="sensorllmstage2", tags=True, drop=(), tok=None):
+    """A SensorLLM-layout folder: HF LLaMA weights + model.ts_proj.{0,2,4}, config model_type, tokenizer with tags
+    (``tok``: another tokenizer than LLaMA-2's, as SensorLLM's own LLaMA-3 one)."""
     folder.mkdir()
-    tok = AutoTokenizer.from_pretrained(str(fixture_path("llama2_tokenizer", "tokenizer.model").parent))
+    tok = tok or AutoTokenizer.from_pretrained(str(fixture_path("llama2_tokenizer", "tokenizer.model").parent))
     tok.add_tokens(LLAMA3_HEADERS + (["<ts>"] + [t for s, e, _ in IMU_CHANNELS for t in (s, e)] if tags else []),
                    special_tokens=True)
     tok.save_pretrained(str(folder))

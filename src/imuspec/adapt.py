@@ -170,8 +170,8 @@ class Planner:
         if self.predicted_speed(best) >= self.predicted_speed(None):
             return best
         if self.fallback is None:
-            h = self._hits.get(1) or next(iter(self._hits.values()))
-            self.fallback = {"alpha": h[0][1] / h[0][0],  # measured acceptance of the first draft token
+            h = next((h for h in (self._hits.get(1), *self._hits.values()) if h), None)  # none: nothing drafted yet
+            self.fallback = {"alpha": h[0][1] / h[0][0] if h else 0.0,  # measured acceptance of the first draft token
                              "c": next(iter(self._draft_s.values())) / self._v(1)}
         self._idle += 1
         cost = self.predicted_tau(best) / self.predicted_speed(best) / self._v(1)  # a probe, in target steps

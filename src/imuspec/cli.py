@@ -90,6 +90,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .sampling import Sampling
     from .speculative import GenerationConfig, generate
     from .templates import TEMPLATES, StopStrings, check_template, get_template
+    from .vocab import drafter
 
     check_template(a.template)  # an unknown name fails before any loading
     dev, dtype = device(a.device), torch_dtype(a.dtype)
@@ -120,6 +121,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         tree=a.tree,
         adapt=not a.no_adapt,
     )
+    drafting = None
+    if draft:
+        drafting, pair = drafter(draft.decoder, draft.tokenizer, target.decoder, target.tokenizer)
+        print(pair.note(cfg.sampling.greedy), file=sys.stderr)
     for side, role in sides:
         need = len(side.prompt) + cfg.max_new_tokens + slots
         limit = side.decoder.config.max_position_embeddings
@@ -128,10 +133,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
                                                                    if slots else "")
             raise ValueError(f"the {role} prompt is {len(side.prompt)} tokens; with {counted} it needs {need} "
                              f"positions, more than the {role}'s max_position_embeddings {limit}")
+        if role == "draft" and drafting is not draft.decoder:  # its own tokens may outnumber the target's
+            need = min(limit, need + cfg.max_new_tokens + slots)
         side.decoder.setup_cache(need)
         if a.compile:
             side.decoder.compile_steps()
-    g = generate(target.decoder, target.prompt, cfg, draft and draft.decoder, draft and draft.prompt)
+    g = generate(target.decoder, target.prompt, cfg, drafting, draft and draft.prompt)
     text = target.tokenizer.decode(g.tokens)
     if g.stats.fallback:
         from .adapt import fallback_message
@@ -174,8 +181,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
-    g.add_argument("--draft", help="draft checkpoint (same vocabulary): a LLaMA, LLaSA or SensorLLM folder or OneLLM's "
-                   "consolidated .pth (its tokenizer: the target's); without it the target decodes alone")
+    g.add_argument("--draft", help="draft checkpoint: a LLaMA, LLaSA or SensorLLM folder or OneLLM's consolidated .pth "
+                   "(without a tokenizer of its own it borrows the target's; with another vocabulary its proposals "
+                   "are re-tokenised, imuspec.vocab); without it the target decodes alone")
     g.add_argument("--prompt", required=True, help="the question or text to continue")
     g.add_argument("--template", help="template for text-only sides: vicuna_v1, llava_v1, eventgpt_v1, v1, sensorllm; "
                    "'chat': the tokenizer's chat template (a user turn + the generation prompt); 'plain': the prompt as "

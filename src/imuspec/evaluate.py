@@ -44,9 +44,10 @@ def _fit(family: Family, prompt: torch.Tensor, cfg: GenerationConfig, role: str)
 
 
 def evaluate_samples(target: Family, drafts: dict[str, Family], samples: list[PairedSample], query: str,
-                     cfg: GenerationConfig) -> list[dict]:
-    """A batch of samples, one row each: the target alone, then each draft in front of it. In a batch of more than
-    one, phase times are the batch's (c compares batched forwards) and wall_s, tokens/s and speed-up are each row's
+                     cfg: GenerationConfig, drafting: dict | None = None) -> list[dict]:
+    """A batch of samples, one row each: the target alone, then each draft in front of it (``drafting[name]``: what
+    :func:`imuspec.vocab.drafter` made of that draft, where its vocabulary differs). In a batch of more than one,
+    phase times are the batch's (c compares batched forwards) and wall_s, tokens/s and speed-up are each row's
     latency within its batch."""
     from .speculative import generate_batch
 
@@ -62,7 +63,7 @@ def evaluate_samples(target: Family, drafts: dict[str, Family], samples: list[Pa
         dps = [draft.embed(query, s) for s in samples]
         for dp in dps:
             _fit(draft, dp, cfg, f"{name} draft")
-        gens = generate_batch(target.decoder, tps, cfg, draft.decoder, dps)
+        gens = generate_batch(target.decoder, tps, cfg, (drafting or {}).get(name, draft.decoder), dps)
         drafted = max(sum(g.stats.drafted_per_step) for g in gens)  # the batch's drafted depth
         c = gens[0].stats.draft_s / drafted / per_token if drafted and per_token else None
         for row, g, a in zip(rows, gens, alone):
@@ -177,6 +178,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .distributed import close, gather, init_distributed
     from .families import open_draft, open_target
     from .speculative import GenerationConfig
+    from .vocab import drafter
 
     if a.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive number of samples, got {a.batch_size}")
@@ -193,14 +195,21 @@ def cmd_eval(a: argparse.Namespace) -> int:
                                 layers=a.draft_layers)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
+    pairs = {name: drafter(f.decoder, f.tokenizer, target.decoder, target.tokenizer) for name, f in drafts.items()}
+    drafting, notes = {n: d for n, (d, _) in pairs.items()}, {n: p.note(True) for n, (_, p) in pairs.items()}
+    if rank == 0:
+        print("\n".join(f"{n} draft: {note}" for n, note in notes.items()), file=sys.stderr)
+    if a.batch_size > 1 and any(d is not drafts[n].decoder for n, d in drafting.items()):
+        raise ValueError(f"--batch-size {a.batch_size}: a draft with another vocabulary decodes one sample at a time "
+                         f"(--batch-size 1)")
     mine = _samples(a, rank, world)
     if mine:  # warm-up: every model once, untimed
         evaluate_samples(target, drafts, [s for _, s in mine[:a.batch_size]], query,
-                         GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed, tree=a.tree))
+                         GenerationConfig(a.gamma + 2, a.gamma, seed=a.seed, tree=a.tree), drafting)
     rows = []
     batches = [mine[k:k + a.batch_size] for k in range(0, len(mine), a.batch_size)]
     for batch in tqdm(batches, disable=rank != 0, desc="eval", unit="batch"):
-        for (i, s), got in zip(batch, evaluate_samples(target, drafts, [s for _, s in batch], query, cfg)):
+        for (i, s), got in zip(batch, evaluate_samples(target, drafts, [s for _, s in batch], query, cfg, drafting)):
             rows.append({"index": i, "source": s.source, "t0_us": s.t0_us, "t1_us": s.t1_us, "reference": s.text,
                          "meta": s.meta} | got)
     rows = sorted(gather(rows), key=lambda r: r["index"])
@@ -212,7 +221,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     summary = summarize(rows, modes) | {"command": sys.argv, "query": query, "device": dev, "dtype": a.dtype,
                                         "max_new_tokens": a.max_new_tokens, "gamma": a.gamma, "tree": a.tree,
                                         "batch_size": a.batch_size,
-                                        "processes": world}
+                                        "processes": world,
+                                        "vocabulary": notes}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:

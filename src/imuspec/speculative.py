@@ -17,6 +17,11 @@ target-only steps when drafting cannot pay; the output is the same whatever the 
 Batches (:func:`generate_batch`; :func:`generate` is its batch of one) run the same loop on B rows: every row keeps
 its own cache lengths, pending tokens and generator, the caches are never padded, and a finished row leaves the
 batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more.
+
+A draft with another vocabulary comes wrapped as a :class:`~imuspec.vocab.MappedDraft`
+(:func:`imuspec.vocab.drafter`): each step it proposes a chain of up to γ target tokens itself, re-synced from the
+committed ones (so no draft cache bookkeeping here), verified by the same lossless rules. It drafts chains only, one
+row, no confidence stop; adaptive sizing works for it as for any chain (the planner sees its proposals' lengths).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from torch import Tensor
 from .adapt import FixedPlan, Planner
 from .model import Decoder
 from .sampling import Generators, Sampling, probs, sample
-from .tree import TreeShape, greedy_accept, grow, sample_accept, verify_logits
+from .tree import TreeShape, chain, greedy_accept, grow, sample_accept, verify_logits
+from .vocab import MappedDraft
 
 AUTO_GAMMAS = (1, 2, 3, 4, 6, 8)  # chains "auto" chooses among
 AUTO_BUDGETS = (4, 8, 16, 32)  # trees "auto" chooses among (besides the chains)
@@ -221,7 +227,7 @@ def generate(
     target: Decoder,
     target_prompt: Tensor,
     cfg: GenerationConfig,
-    draft: Decoder | None = None,
+    draft: Decoder | MappedDraft | None = None,
     draft_prompt: Tensor | None = None,
 ) -> Generation:
     """Decode ``cfg.max_new_tokens`` from the target, speculatively when a draft is given; same output either way."""
@@ -232,7 +238,7 @@ def generate_batch(
     target: Decoder,
     target_prompts: Sequence[Tensor],
     cfg: GenerationConfig | Sequence[GenerationConfig],
-    draft: Decoder | None = None,
+    draft: Decoder | MappedDraft | None = None,
     draft_prompts: Sequence[Tensor] | None = None,
 ) -> list[Generation]:
     """Decode B rows at once (one prompt each for target and draft, any lengths); one :class:`Generation` per row.
@@ -252,15 +258,21 @@ def generate_batch(
             for c in _row_configs(cfg, b)]  # None: the target's own EOS
     slots = cfgs[0].draft_slots if draft is not None else 0
     _check(target, target_prompts, cfgs, slots, "target")
+    mapped = isinstance(draft, MappedDraft)
+    draft_model = draft.decoder if mapped else draft
     if draft is not None:
-        if draft.config.vocab_size != target.config.vocab_size:
+        if not mapped and draft.config.vocab_size != target.config.vocab_size:
             raise ValueError(
                 f"draft vocabulary ({draft.config.vocab_size} tokens) differs from the target's "
-                f"({target.config.vocab_size}); cross-vocabulary drafting is not supported"
+                f"({target.config.vocab_size}): wrap the draft with imuspec.vocab.drafter(draft, its tokenizer, "
+                f"target, the target's tokenizer)"
             )
+        if mapped and (b > 1 or cfgs[0].tree is not None or cfgs[0].confidence):
+            raise ValueError(f"a draft with another vocabulary drafts plain chains for one row; got {b} rows, "
+                             f"tree {cfgs[0].tree!r}, confidence {cfgs[0].confidence}")
         if draft_prompts is None or len(draft_prompts) != b:
             raise ValueError(f"a draft needs its own prompt (token ids or embeddings) for each of the {b} rows")
-        _check(draft, draft_prompts, cfgs, slots, "draft")
+        _check(draft_model, draft_prompts, cfgs, slots, "draft")
     s, dev = cfgs[0].sampling, target.device
     gens: Generators = [torch.Generator(device=dev).manual_seed(c.seed) for c in cfgs]
     pick = (lambda logits: logits.argmax(-1)) if s.greedy else (lambda logits: sample(probs(logits, s), gens))
@@ -269,7 +281,7 @@ def generate_batch(
     c0 = cfgs[0]
     planner = None if draft is None else Planner(target, c0.shapes()) if c0.adaptive else FixedPlan(c0.shapes()[0])
     timed_draft = c0.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
-    models = [m for m in (target, draft) if m is not None]
+    models = [m for m in (target, draft_model) if m is not None]
     entry = [m.batch for m in models]
     for m in models:
         if m.batch != b:
@@ -278,10 +290,12 @@ def generate_batch(
     with torch.inference_mode():
         with clock("prefill"):
             last = pick(prefill(target, target_prompts))  # [B] the newest tokens; the target has not seen them
-            if draft is not None:
+            if mapped:
+                draft.start(draft_prompts[0])
+            elif draft is not None:
                 prefill(draft, draft_prompts)
         rows = list(range(b))  # the row of each cache row still decoding
-        t_len, d_len = target.length.clone(), draft.length.clone() if draft is not None else None
+        t_len, d_len = target.length.clone(), draft_model.length.clone() if draft is not None else None
         pending, n_pend = last[:, None], torch.ones(b, dtype=torch.long, device=dev)  # what the draft has not seen
         news, steps = [[t] for t in last.tolist()], None  # per cache row: tokens to commit, (accepted, depth, nodes)
 
@@ -326,12 +340,16 @@ def generate_batch(
                     news = [[t] for t in last.tolist()]
                 steps, t_draft = [(0, 0, 0)] * len(rows), 0.0
                 t_len = t_len + 1
-                if draft is not None:  # the draft's backlog grows by the new token, after each row's own
+                if draft is not None and not mapped:  # the draft's backlog grows by the new token, after each row's own
                     pending = torch.cat([pending, torch.zeros_like(last)[:, None]], 1).scatter(1, n_pend[:, None], last[:, None])
                     n_pend = n_pend + 1
             else:
                 with clock("draft"):
-                    tree = grow(draft, pending, d_len, shape, s, gens, n_pend)
+                    if mapped:  # proposals in target ids, re-synced from everything committed
+                        d, q = draft.propose(outs[rows[0]], shape.depth, s, gens[0])
+                        tree = chain(last, d[None], None if q is None else q[None])
+                    else:
+                        tree = grow(draft, pending, d_len, shape, s, gens, n_pend)
                     if timed_draft:
                         torch.cuda.synchronize()
                 t_draft = time.perf_counter() - t0
@@ -344,18 +362,19 @@ def generate_batch(
                     dslot = tree.draft_slot.gather(1, path)
                     # the one host sync per step: per row depth, next token, and the path's tokens and draft slots
                     host = torch.cat([n[:, None], nxt[:, None], tree.tokens.gather(1, path), dslot], 1).tolist()
-                d = path.shape[1]
-                seen = [sum(x >= 0 for x in h[2 + d + 1:2 + d + 1 + h[0]]) for h in host]  # path nodes the draft saw
                 news = [h[3:3 + h[0]] + [h[1]] for h in host]
-                pending, new_pend = _padded([h[3 + k:3 + h[0]] + [h[1]] for h, k in zip(host, seen)], dev)
                 if not tree.is_chain:  # a chain's accepted tokens already sit at t_len + 1 ... t_len + n
                     target.keep(t_len[:, None] + path[:, 1:], t_len + 1)
-                base = d_len + n_pend
-                if not tree.is_chain and max(seen):  # rows that saw fewer move junk beyond their length
-                    draft.keep(dslot[:, 1:1 + max(seen)].clamp_min(0), base)
-                d_len = base + torch.tensor(seen, device=dev)
-                draft.rollback(d_len)
-                last, n_pend, t_len = nxt, new_pend, t_len + 1 + n
+                if not mapped:  # the draft keeps the path nodes it has seen; the rest waits in pending
+                    d = path.shape[1]
+                    seen = [sum(x >= 0 for x in h[2 + d + 1:2 + d + 1 + h[0]]) for h in host]
+                    base = d_len + n_pend
+                    if not tree.is_chain and max(seen):  # rows that saw fewer move junk beyond their length
+                        draft.keep(dslot[:, 1:1 + max(seen)].clamp_min(0), base)
+                    d_len = base + torch.tensor(seen, device=dev)
+                    draft.rollback(d_len)
+                    pending, n_pend = _padded([h[3 + k:3 + h[0]] + [h[1]] for h, k in zip(host, seen)], dev)
+                last, t_len = nxt, t_len + 1 + n
                 steps = [(h[0], tree.max_depth, tree.size) for h in host]
             target.rollback(t_len)
             if planner is not None:

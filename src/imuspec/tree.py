@@ -196,6 +196,18 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
     return _subtree(keep, tokens, parents, depth.expand(b, -1), anc, score, slot, q_all, k, grown)
 
 
+def chain(root: Tensor, d: Tensor, q: Tensor | None) -> Tree:
+    """Chains proposed outside :func:`grow` (a draft with another vocabulary, :class:`~imuspec.vocab.MappedDraft`):
+    roots [B], drafted tokens d [B, k] (k may be 0) drawn from q [B, k, V] (None: greedy)."""
+    (b, k), dev = d.shape, d.device
+    idx = torch.arange(k + 1, device=dev)
+    rows = lambda x: x.expand(b, *x.shape)  # noqa: E731 -- the same structure in every row
+    return Tree(torch.cat([root[:, None], d], 1), rows(idx - 1), rows(idx), rows(idx[:, None] >= idx),
+                rows(torch.where(idx < k, idx + 1, -1)[:, None]), torch.ones(b, k + 1, dtype=torch.bool, device=dev),
+                None if q is None else torch.cat([q, q.new_zeros(b, 1, q.shape[-1])], 1),
+                torch.full((b, k + 1), -1, dtype=torch.long, device=dev), k)
+
+
 def _select(score: Tensor, budget: int, greedy: bool) -> Tensor:
     """Which candidates (indices into ``score`` [B, M]) to verify, in creation order. Greedy: the ``budget`` best by
     path probability, ties to the earlier (so a parent always ranks before its children); sampling: the first."""
