@@ -21,9 +21,8 @@ import torch
 
 from gpu_decode import DTYPES, copy_bandwidth, first_divergence, weight_bytes
 from imuspec import kernels
-from imuspec.adapt import profile_key
+from imuspec.adapt import save_profile
 from imuspec.bench import hf_generate, leviathan_speedup, to_hf
-from imuspec.gguf import cache_dir
 from imuspec.model import few_query_attention
 from imuspec.speculative import AUTO_BUDGETS, GenerationConfig, generate, generate_batch
 from imuspec.synthetic import agreement, calibrate, controlled_pair, n_params, parse_shape
@@ -214,10 +213,7 @@ def main() -> None:
         return both[lo] if hi == lo else both[lo] + (both[hi] - both[lo]) * (t - lo) / (hi - lo)
 
     def write_profile() -> None:
-        path = cache_dir() / "verify_cost" / f"{profile_key(target)}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": profile_key(target), "tokens": list(range(1, 66)),
-                                    "seconds": [v_of(t) for t in range(1, 66)]}))
+        save_profile(target, [v_of(t) for t in range(1, 66)])
 
     measure(1, False)
 

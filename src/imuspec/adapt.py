@@ -16,11 +16,12 @@ import platform
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from .gguf import cache_dir
 from .model import Decoder
+from .runtime import cache_dir
 from .tree import TreeShape
 
 PROFILE_TOKENS = 64
@@ -65,9 +66,23 @@ def measure_verify_cost(model: Decoder, max_tokens: int, repeats: int = 3) -> li
     return times
 
 
+def profile_path(model: Decoder) -> Path:
+    return cache_dir() / "verify_cost" / f"{profile_key(model)}.json"
+
+
+def save_profile(model: Decoder, seconds: list[float]) -> None:
+    """Keep v(T) for T = 1..len(seconds) in the cache folder (written atomically)."""
+    path = profile_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": profile_key(model), "tokens": list(range(1, len(seconds) + 1)),
+                               "seconds": seconds}))
+    tmp.replace(path)
+
+
 def verify_profile(model: Decoder, max_tokens: int = PROFILE_TOKENS) -> list[float]:
     """v(T) in seconds for T = 1..len, from the cache folder or measured now (once per model shape and device)."""
-    path = cache_dir() / "verify_cost" / f"{profile_key(model)}.json"
+    path = profile_path(model)
     want = min(max_tokens, model.max_len)
     if path.exists():
         try:
@@ -77,10 +92,7 @@ def verify_profile(model: Decoder, max_tokens: int = PROFILE_TOKENS) -> list[flo
         except (ValueError, KeyError):
             pass  # a damaged cache file is measured again
     times = measure_verify_cost(model, want)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": profile_key(model), "tokens": list(range(1, want + 1)), "seconds": times}))
-    tmp.replace(path)
+    save_profile(model, times)
     return times
 
 

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from .distributed import barrier, close, gather, init_distributed, rank, unshard, world
 from .model import Decoder, LlamaConfig, first_layers
 from .multimodal import PLACEHOLDER_ID
+from .runtime import positive
 from .templates import Tokenizer, get_template
 
 # --- generic training pieces (the world's recipe uses them too) -----------------------------------------------------
@@ -678,25 +679,25 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imu-encoder", help="limu-bert (the shipped one) or limu-bert:PT (a LIMU-BERT state dict)")
     p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
     d = DistillConfig()
-    p.add_argument("--window-us", type=int, default=d.window_us, help="a moment's event window (µs)")
-    p.add_argument("--hop-us", type=int, help="default: the window (no overlap)")
+    p.add_argument("--window-us", type=positive, default=d.window_us, help="a moment's event window (µs)")
+    p.add_argument("--hop-us", type=positive, help="default: the window (no overlap)")
     p.add_argument("--holdout", type=float, default=d.holdout, help="fraction of recordings held out")
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help="total variation, forward KL on the top-k, or KL "
                    "on the top-k + rest")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="teacher probabilities stored per position")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training items")
-    p.add_argument("--batch", type=int, default=d.batch, help="global batch (split over torchrun ranks)")
+    p.add_argument("--top-k", type=positive, default=d.top_k, help="teacher probabilities stored per position")
+    p.add_argument("--epochs", type=positive, default=d.epochs, help="passes over the training items")
+    p.add_argument("--batch", type=positive, default=d.batch, help="global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="longest teacher answer")
-    p.add_argument("--imu-points", type=int, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
-    p.add_argument("--imu-span-us", type=int, help="the draft's IMU span (µs) ending with each window, at least the "
+    p.add_argument("--max-new-tokens", type=positive, default=d.max_new_tokens, help="longest teacher answer")
+    p.add_argument("--imu-points", type=positive, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
+    p.add_argument("--imu-span-us", type=positive, help="the draft's IMU span (µs) ending with each window, at least the "
                    "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
                    "Where a recording began later, the span from its start")
-    p.add_argument("--shard-size", type=int, default=d.shard_size, help="teacher items per shard file")
-    p.add_argument("--teacher-batch", type=int, default=d.teacher_batch, help="items the target answers at once "
+    p.add_argument("--shard-size", type=positive, default=d.shard_size, help="teacher items per shard file")
+    p.add_argument("--teacher-batch", type=positive, default=d.teacher_batch, help="items the target answers at once "
                    "(batched greedy decoding within a shard; the same answers as one at a time)")
     p.add_argument("--seed", type=int, default=d.seed, help="held-out split, batch order, fresh projector")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
+    p.add_argument("--threads", type=positive, metavar="N", help="CPU threads per process (default: OMP_NUM_THREADS when "
                    "set, else by the target's size)")
     p.add_argument("--out", required=True, help="folder for draft/, teacher/, checkpoint.pt and distill.json")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

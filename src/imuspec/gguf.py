@@ -13,12 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-
-def cache_dir() -> Path:
-    """The user's cache folder for imuspec (``$IMUSPEC_CACHE``, else ``$XDG_CACHE_HOME/imuspec``, else ~/.cache)."""
-    if os.environ.get("IMUSPEC_CACHE"):
-        return Path(os.environ["IMUSPEC_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imuspec"
+from .runtime import cache_dir
 
 
 def gguf_to_folder(gguf: str | Path, out: str | Path) -> Path:

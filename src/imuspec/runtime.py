@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 WEIGHTS_PER_THREAD = 250_000_000  # parameters × tokens of one step worth a thread of its own
@@ -81,3 +82,10 @@ def add_run_options(p: argparse.ArgumentParser, seed: int | None = 0) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
     p.add_argument("--threads", type=positive, metavar="N", help="CPU threads (default: OMP_NUM_THREADS when set, else "
                    f"one per {WEIGHTS_PER_THREAD // 10**6}M parameters x tokens of a step, at most the cores)")
+
+
+def cache_dir() -> Path:
+    """The user's cache folder for imuspec (``$IMUSPEC_CACHE``, else ``$XDG_CACHE_HOME/imuspec``, else ~/.cache)."""
+    if os.environ.get("IMUSPEC_CACHE"):
+        return Path(os.environ["IMUSPEC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imuspec"
