@@ -178,30 +178,74 @@ def fit(model: nn.Module, loss_of, n: int, stage: Stage, seed: int, desc: str, o
 
 # --- the draft as trained ----------------------------------------------------------------------------------------
 
-class DraftModel(nn.Module):
-    """``LlamaForCausalLM`` on per-item prompts [before the placeholder | IMU features | after | answer]; an IMU
-    draft has a frozen encoder and a trained projector, a text-only one neither."""
+class ImuPath(nn.Module):
+    """What an IMU draft family adds to its LLM, as distillation trains it: a frozen encoder and a trained projector,
+    the encoder's input for one moment, the draft's prompt (one PLACEHOLDER_ID per feature block) and the folder
+    layout ``generate --draft`` loads. One subclass per family (LLaSA's :class:`LlasaPath`, ...)."""
 
-    def __init__(self, lm: nn.Module, encoder: nn.Module | None = None, projector: nn.Module | None = None):
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Feature blocks [B, N_j, H] for a batch of encoder inputs, one per placeholder, in prompt order."""
+        raise NotImplementedError
+
+    def input(self, sample) -> np.ndarray:
+        """One moment's encoder input (a :class:`~imuspec.paired.PairedSample`'s IMU, prepared as the family reads it)."""
+        raise NotImplementedError
+
+    def prompt_ids(self, tok: Tokenizer, query: str) -> list[int]:
+        raise NotImplementedError
+
+    def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
+        raise NotImplementedError
+
+
+class LlasaPath(ImuPath):
+    """LLaSA's: LIMU-BERT over ``points`` positions of the IMU span, an ``mlp2x_gelu`` projector, ``llava_v1``."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, points: int, span_us: int | None):
         super().__init__()
-        self.lm, self.encoder, self.projector = lm, encoder, projector
-        if encoder is not None:
-            encoder.requires_grad_(False)
+        self.encoder, self.projector, self.points, self.span_us = encoder.requires_grad_(False), projector, points, span_us
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            h = self.encoder(x)
+        return [self.projector(h)]
+
+    def input(self, sample) -> np.ndarray:
+        return sample.imu_input(self.points, self.span_us)
+
+    def prompt_ids(self, tok: Tokenizer, query: str) -> list[int]:
+        from .models.llasa import prompt_ids
+
+        return prompt_ids(tok, query)
+
+    def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
+        from .models.llasa import LLaSA
+
+        LLaSA(decoder, self.projector, self.encoder, tok).save_pretrained(folder, "mlp2x_gelu", self.span_us)
+
+
+class DraftModel(nn.Module):
+    """``LlamaForCausalLM`` on per-item prompts [text | feature block | text | ... | answer]; an IMU draft has an
+    :class:`ImuPath` (its feature blocks replace the prompt's placeholders), a text-only one none."""
+
+    def __init__(self, lm: nn.Module, path: ImuPath | None = None):
+        super().__init__()
+        self.lm, self.path = lm, path
 
     def forward(self, prompts: list[list[int]], answer: Tensor, lengths: Tensor, imu: Tensor | None = None) -> Tensor:
         """Logits [B, T, V] that predict each answer token, teacher-forced."""
         emb, dev = self.lm.get_input_embeddings(), answer.device
-        feats = None
-        if self.encoder is not None:
-            with torch.no_grad():
-                h = self.encoder(imu)
-            feats = self.projector(h)
+        blocks = self.path.features(imu) if self.path is not None else []
         seqs, starts = [], []
         for i, ids in enumerate(prompts):
-            cut = ids.index(PLACEHOLDER_ID) if feats is not None else len(ids)
-            parts = [emb(torch.tensor(ids[:cut], device=dev))]
-            if feats is not None:
-                parts += [feats[i], emb(torch.tensor(ids[cut + 1:], device=dev))]
+            parts, j, a = [], 0, 0
+            for b, t in enumerate(ids):
+                if t == PLACEHOLDER_ID:
+                    parts += [emb(torch.tensor(ids[a:b], device=dev)), blocks[j][i]]
+                    j, a = j + 1, b + 1
+            if j != len(blocks):
+                raise ValueError(f"a draft prompt holds {j} placeholders for {len(blocks)} feature blocks")
+            parts.append(emb(torch.tensor(ids[a:], device=dev)))
             prompt_len = sum(len(x) for x in parts)
             parts.append(emb(answer[i, : int(lengths[i]) - 1]))
             seqs.append(torch.cat(parts))
@@ -238,14 +282,24 @@ def _cut(decoder: Decoder, k: int | None, what: str) -> Decoder:
         raise ValueError(f"--draft-init {what}: {e}") from None
 
 
-def _encoder(spec: str, points: int) -> nn.Module:
+def imu_path(spec: str, hidden: int, cfg: DistillConfig) -> ImuPath:
+    """``--imu-encoder``'s path for an LLM of width ``hidden``, with a fresh projector."""
+    from .models.llasa import build_projector
+
+    name = spec.partition(":")[0]
+    torch.manual_seed(cfg.seed)
+    if name == "limu-bert":
+        enc = _limu_bert(spec, cfg.imu_points)
+        return LlasaPath(enc, build_projector("mlp2x_gelu", enc.config.hidden, hidden), cfg.imu_points, cfg.imu_span_us)
+    raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] is implemented (onellm and chronos:DIR are not yet)")
+
+
+def _limu_bert(spec: str, points: int) -> nn.Module:
     """LIMU-BERT: ``limu-bert`` the shipped one (pretrained by the world's recipe on its IMU, LIMU-BERT's own
     masked reconstruction), ``limu-bert:PT`` a LIMU-BERT pretraining state dict; its positions cut to ``points``."""
     from .encoders.limu_bert import Encoder, LimuBert, LimuBertConfig
 
-    name, _, path = spec.partition(":")
-    if name != "limu-bert":
-        raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] is implemented (onellm and chronos:DIR are not yet)")
+    path = spec.partition(":")[2]
     if path:
         if not Path(path).is_file():
             raise ValueError(f"--imu-encoder {spec}: {path}: file not found")
@@ -267,8 +321,8 @@ def _encoder(spec: str, points: int) -> nn.Module:
     return enc.eval()
 
 
-def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_encoder: str | None, points: int,
-                seed: int) -> tuple[DraftModel, LlamaConfig]:
+def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_encoder: str | None,
+                cfg: DistillConfig) -> tuple[DraftModel, LlamaConfig]:
     """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
     from .checkpoint import load_decoder, read_json
 
@@ -298,24 +352,17 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
     if c.tie_word_embeddings:
         lm.tie_weights()
-    if imu_encoder is None:
-        return DraftModel(lm), c
-    from .models.llasa import build_projector
-
-    torch.manual_seed(seed)
-    enc = _encoder(imu_encoder, points)
-    return DraftModel(lm, enc, build_projector("mlp2x_gelu", enc.config.hidden, c.hidden_size)), c
+    return DraftModel(lm, None if imu_encoder is None else imu_path(imu_encoder, c.hidden_size, cfg)), c
 
 
-def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path, imu_span_us: int | None = None) -> None:
-    """LLaSA's layout (an IMU draft, with the IMU span it reads) or a LLaMA folder: what ``generate --draft`` loads."""
+def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) -> None:
+    """The IMU path's layout (an IMU draft) or a LLaMA folder: what ``generate --draft`` loads."""
     from .checkpoint import save_decoder
-    from .models.llasa import LLaSA
 
     decoder = decoder_from(model.lm, c)
     tmp = folder.with_name(folder.name + ".tmp")
-    if model.encoder is not None:
-        LLaSA(decoder, model.projector, model.encoder, tok).save_pretrained(tmp, "mlp2x_gelu", imu_span_us)
+    if model.path is not None:
+        model.path.save(decoder, tok, tmp)
     else:
         save_decoder(decoder, tmp, tok)
     if folder.exists():
@@ -333,13 +380,11 @@ def text_prompt_ids(tok: Tokenizer, query: str) -> list[int]:
     return tok.prompt_ids(query)
 
 
-def draft_prompt_ids(tok: Tokenizer, query: str, imu: bool, text_target: bool) -> list[int]:
-    """What the draft reads at decoding time: LLaSA's prompt (an IMU draft), the target's own text prompt (a text
-    target), else ``vicuna_v1`` as ``imuspec eval`` prompts text drafts."""
-    from .models.llasa import prompt_ids
-
-    if imu:
-        return prompt_ids(tok, query)
+def draft_prompt_ids(tok: Tokenizer, query: str, path: ImuPath | None, text_target: bool) -> list[int]:
+    """What the draft reads at decoding time: its IMU path's prompt (an IMU draft), the target's own text prompt (a
+    text target), else ``vicuna_v1`` as ``imuspec eval`` prompts text drafts."""
+    if path is not None:
+        return path.prompt_ids(tok, query)
     return text_prompt_ids(tok, query) if text_target else tok.encode(get_template("vicuna_v1").prompt(query))
 
 
@@ -525,8 +570,7 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     spec = Init.parse(init)
     device = init_distributed()
     target = open_target(target_folder, device=device)
-    draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg.imu_points,
-                           cfg.seed)
+    draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg)
     moments = text_moments(queries) if text_target else load_moments(data, cfg.window_us, cfg.hop_us or cfg.window_us)
     if kind == "video_llava" and any(m.video is None for m in moments):
         bad = next(m for m in moments if m.video is None)
@@ -592,9 +636,8 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     del target
 
     tok = Tokenizer(target_folder)
-    prompts = [draft_prompt_ids(tok, q, imu, text_target) for _, q in items]
-    sensor = torch.from_numpy(np.stack([moments[m].sample.imu_input(cfg.imu_points, cfg.imu_span_us)
-                                        for m, _ in items])).float() if imu else None
+    prompts = [draft_prompt_ids(tok, q, draft.path, text_target) for _, q in items]
+    sensor = torch.from_numpy(np.stack([draft.path.input(moments[m].sample) for m, _ in items])).float() if imu else None
     ans, lengths = pad([t[0].tolist() for t in teacher], tok.eos_id, "cpu")
     T, k = ans.shape[1], teacher[0][1].shape[1]
     ids = torch.zeros(len(items), T, k, dtype=torch.int32)
@@ -631,7 +674,7 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
         best = len(history) - 1 if better else best
         if rank() == 0:
             if better:
-                save_draft(draft, c, tok, out / "draft", cfg.imu_span_us)
+                save_draft(draft, c, tok, out / "draft")
             torch.save({"model": draft.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "losses": losses,
                         "history": history, "best": best}, ckpt.with_suffix(".tmp"))
             os.replace(ckpt.with_suffix(".tmp"), ckpt)
