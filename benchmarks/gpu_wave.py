@@ -35,6 +35,11 @@ from imuspec.synthetic import agreement, calibrate, controlled_pair, n_params, p
 from imuspec.tree import TreeShape
 
 
+# the quant section's drafts: (which model, bits; None = as it is)
+QUANT = {"draft68m_bf16": ("draft", None), "draft68m_int8": ("draft", 8), "draft68m_int4": ("draft", 4),
+         "target7b_int4": ("target", 4), "target7b_int8": ("target", 8)}
+
+
 def sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -89,8 +94,9 @@ def ar(target, prompt, n, repeats=3) -> dict:
 
 
 def spec_row(target, draft, prompt, cfg, ar_row, v1, v_of) -> dict:
-    warm = replace(cfg, max_new_tokens=min(24, cfg.max_new_tokens))
-    generate(target, prompt, warm, draft, prompt)  # compile / capture
+    # compile / capture first; "auto" may pick any of its shapes, so it warms up with the whole run
+    warm = cfg if cfg.tree == "auto" else replace(cfg, max_new_tokens=min(24, cfg.max_new_tokens))
+    generate(target, prompt, warm, draft, prompt)
     g = generate(target, prompt, cfg, draft, prompt)
     s = g.stats
     ar_tps = ar_row["tokens_per_s_median"]
@@ -119,6 +125,7 @@ def main() -> None:
                     "distill, vsweep, hf")
     ap.add_argument("--kernel", action="store_true", help="ar's after: the Triton split-K attention (else: regional)")
     ap.add_argument("--vsweep", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
+    ap.add_argument("--quant", nargs="+", default=list(QUANT), choices=list(QUANT), help="the quant section's drafts")
     ap.add_argument("--target-shape", default="vicuna-7b")
     ap.add_argument("--draft-shape", default="llama-68m")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.8])
@@ -232,7 +239,15 @@ def main() -> None:
 
     measure(1, False)
 
-    if "trees" in sections or "hf" in sections:
+    if "vsweep" in sections:  # v(T) at more lengths (chain verifies), each compiled on first use
+        for t in a.vsweep:
+            if over():
+                break
+            measure(t, False)
+        write_profile()
+        save()
+
+    if "trees" in sections or "auto" in sections:
         r["trees"] = []
         for alpha in a.alphas:
             if over() and r["trees"]:
@@ -241,31 +256,30 @@ def main() -> None:
             ar_row = ar(target, prompt, a.new_tokens, repeats=1)
             row = {"alpha_target": alpha, "eps": eps, "teacher_forced_agreement": agreement(target, draft, calib_ids),
                    "ar_tokens_per_s": ar_row["tokens_per_s_median"], "chains": {}, "trees": {}}
-            if "trees" in sections:
-                for g in a.gammas:
-                    if over():
-                        break
-                    cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=g)
-                    measure(g + 1, False)
-                    row["chains"][g] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
-                    print(json.dumps({"alpha": alpha, "gamma": g, **row["chains"][g]}), flush=True)
-                for b in a.budgets + ["auto"]:
-                    if over():
-                        break
-                    cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma="auto" if b == "auto" else 4, tree=b)
-                    if b == "auto":
-                        write_profile()
-                    else:
-                        measure(TreeShape.for_budget(b).nodes + 1, True)
-                    row["trees"][b] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
-                    print(json.dumps({"alpha": alpha, "tree": b, **row["trees"][b]}), flush=True)
-                best_chain = max(row["chains"].values(), key=lambda x: x["tokens_per_s"], default=None)
-                best_tree = max(row["trees"].values(), key=lambda x: x["tokens_per_s"], default=None)
-                if best_chain and best_tree:
-                    row.update(best_chain_tokens_per_s=best_chain["tokens_per_s"],
-                               best_tree_tokens_per_s=best_tree["tokens_per_s"],
-                               best_chain_speedup=best_chain["speedup_over_ar"],
-                               best_tree_speedup=best_tree["speedup_over_ar"])
+            for g in a.gammas if "trees" in sections else []:
+                if over():
+                    break
+                cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=g)
+                measure(g + 1, False)
+                row["chains"][g] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
+                print(json.dumps({"alpha": alpha, "gamma": g, **row["chains"][g]}), flush=True)
+            for b in (a.budgets if "trees" in sections else []) + ["auto"]:
+                if over():
+                    break
+                cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma="auto" if b == "auto" else 4, tree=b)
+                if b == "auto":
+                    write_profile()
+                else:
+                    measure(TreeShape.for_budget(b).nodes + 1, True)
+                row["trees"][b] = spec_row(target, draft, prompt, cfg, ar_row, v[1], v_of)
+                print(json.dumps({"alpha": alpha, "tree": b, **row["trees"][b]}), flush=True)
+            best_chain = max(row["chains"].values(), key=lambda x: x["tokens_per_s"], default=None)
+            best_tree = max(row["trees"].values(), key=lambda x: x["tokens_per_s"], default=None)
+            if best_chain and best_tree:
+                row.update(best_chain_tokens_per_s=best_chain["tokens_per_s"],
+                           best_tree_tokens_per_s=best_tree["tokens_per_s"],
+                           best_chain_speedup=best_chain["speedup_over_ar"],
+                           best_tree_speedup=best_tree["speedup_over_ar"])
             if hf_t is not None and alpha == min(a.alphas):
                 g = max(row["chains"], key=lambda k: row["chains"][k]["tokens_per_s"]) if row["chains"] else 4
                 hf_t.generation_config.eos_token_id = None
@@ -305,14 +319,6 @@ def main() -> None:
         print(json.dumps(r["draftcost"]), flush=True)
         save()
 
-    if "vsweep" in sections:  # v(T) at more lengths (chain verifies), each compiled on first use
-        for t in a.vsweep:
-            if over():
-                break
-            measure(t, False)
-        write_profile()
-        save()
-
     if "quant" in sections:
         # weight-only drafts at alpha ~ 0.8 (the bf16 68M draft's calibration): the 68M draft in int8, and a 7B-shaped
         # draft (the target's own copy: alpha from quantization noise alone, the best case for a seed-sized draft) in int4
@@ -329,8 +335,8 @@ def main() -> None:
             finally:
                 m._compiled = compiled
 
-        for name, src, bits in (("draft68m_bf16", draft, None), ("draft68m_int8", draft, 8),
-                                ("draft68m_int4", draft, 4), ("target7b_int4", target, 4), ("target7b_int8", target, 8)):
+        for name in a.quant:
+            src, bits = (target if QUANT[name][0] == "target" else draft), QUANT[name][1]
             if over():
                 break
             d = src if bits is None else quantize(copy_of(src), bits)

@@ -2,8 +2,7 @@
 bytes, so a draft in int8 steps up to 2x and in int4 up to 4x faster than in bf16. The output cannot change: the
 target verifies every token; only α (how often the quantized draft still agrees) and c move.
 
-gpt-fast's schemes: int8 per output channel, symmetric (the matmul dequantizes; torch.compile fuses it into one
-kernel); int4 per group of ``group`` input channels, asymmetric (w = q·scale + min, q in 0..15), packed for aten's
+gpt-fast's schemes: int8 per output channel, symmetric (dequantized inside one fused kernel under torch.compile); int4 per group of ``group`` input channels, asymmetric (w = q·scale + min, q in 0..15), packed for aten's
 tinygemm kernel (``_weight_int4pack_mm``; its ``_for_cpu`` twin on a CPU).
 """
 
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from .model import Decoder
 
 aten = torch.ops.aten
+FEW_ROWS = 8  # up to this many tokens an int8 matmul is done as a fused multiply-and-sum
 
 
 class Int8Linear(nn.Module):
@@ -32,6 +32,10 @@ class Int8Linear(nn.Module):
         return self.weight.float() * self.scales.float()[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.numel() // x.shape[-1] <= FEW_ROWS:
+            # a decode or draft step: multiply-and-sum, which torch.compile fuses into one pass over the int8
+            # weights (as a matmul, it would first write the dequantized weights out: a 7B step took 55 ms on an H200)
+            return (x[..., None, :] * self.weight.to(x.dtype)).sum(-1) * self.scales
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
 
