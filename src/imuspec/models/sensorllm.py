@@ -169,16 +169,18 @@ class SensorLLM:
     def from_pretrained(
         cls,
         folder: str | Path,
-        chronos_folder: str | Path,
+        chronos_folder: str | Path | ChronosEncoder,
         config: SensorLLMConfig | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> SensorLLM:
-        """``config``: default, the folder's own (:meth:`SensorLLMConfig.of`)."""
+        """``chronos_folder``: Chronos' folder (or the encoder, loaded); ``config``: default, the folder's own
+        (:meth:`SensorLLMConfig.of`)."""
         folder = Path(folder)
         decoder, proj_sd = load_llm(folder, dtype, device)
         config = config or SensorLLMConfig.of(read_json(folder / "config.json"))
-        chronos = ChronosEncoder.from_pretrained(chronos_folder, dtype).to(device)
+        chronos = (chronos_folder if isinstance(chronos_folder, ChronosEncoder)
+                   else ChronosEncoder.from_pretrained(chronos_folder, dtype)).to(device=device, dtype=dtype)
         proj = ts_projector(chronos.d_model, config.proj_hidden, decoder.config.hidden_size)
         load_into(nn.ModuleDict({"model": nn.ModuleDict({"ts_proj": proj})}), proj_sd, str(folder))
         tok = Tokenizer(folder)
