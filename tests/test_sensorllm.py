@@ -142,3 +142,26 @@ def test_bad_checkpoints_and_inputs(family, tmp_path):
     x[2, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         m.prompt_embeds("q", x)
+
+
+def test_add_ts_tokens_appends_after_every_id_the_llm_has():
+    """SensorLLM's resize on an LLM whose table (384 rows) is padded past its tokenizer (338 tokens): its tokens come
+    after row 384 (placeholders name the padding rows), new rows are the old rows' mean, the table a multiple of 8,
+    and the LLM's logits over its own ids are unchanged; a second call adds nothing."""
+    from imuspec.demo import WEIGHTS
+    from imuspec.families import open_target
+    from imuspec.models.sensorllm import add_ts_tokens
+
+    target = open_target(WEIGHTS / "target")
+    tok, dec = target.tokenizer, target.decoder
+    grown, tok2 = add_ts_tokens(dec, tok, CFG)
+    vocab = tok2.hf.get_vocab()
+    ids = [vocab[t] for t in CFG.tokens]
+    assert ids == list(range(384, 397)) and grown.config.vocab_size == 400 and tok2.vocab_size == 397
+    assert tok.vocab_size == 338 and "<ts>" not in tok.hf.get_vocab()  # the target's tokenizer is left as it was
+    torch.testing.assert_close(grown.model.embed_tokens.weight[390], dec.model.embed_tokens.weight.mean(0))
+    prompt = torch.tensor([tok.encode("What am I doing?")])
+    for m in (dec, grown):
+        m.setup_cache(16)
+    torch.testing.assert_close(grown(ids=prompt)[..., :384], dec(ids=prompt), rtol=0, atol=0)
+    assert add_ts_tokens(grown, tok2, CFG) == (grown, tok2)
