@@ -663,7 +663,7 @@ class DistillConfig:
     batch: int = 8
     lr: float = 1e-3
     max_new_tokens: int = 48
-    imu_points: int = 40  # LIMU-BERT positions over the window (a DAVIS IMU gives ~40 samples in 50 ms)
+    imu_points: int = 40  # IMU positions over the window (a DAVIS IMU gives ~40 samples in 50 ms); Chronos: per channel
     shard_size: int = 16
     seed: int = 0
     imu_span_us: int | None = None  # the IMU span ending with each window (default: the window itself)
@@ -886,7 +886,8 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive, default=d.batch, help="global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--max-new-tokens", type=positive, default=d.max_new_tokens, help="longest teacher answer")
-    p.add_argument("--imu-points", type=positive, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
+    p.add_argument("--imu-points", type=positive, default=d.imu_points, help="IMU positions over the span: LIMU-BERT's, or "
+                   "each channel's Chronos series (a SensorLLM prompt holds 6 × (N + 1) of them)")
     p.add_argument("--imu-span-us", type=positive, help="the draft's IMU span (µs) ending with each window, at least the "
                    "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
                    "Where a recording began later, the span from its start")
