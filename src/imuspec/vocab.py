@@ -275,6 +275,8 @@ def _eos(decoder: Decoder, tokenizer) -> tuple[int, ...]:
 def restricted(decoder: Decoder, n: int) -> Decoder:
     """``decoder`` with its logits cut to ids [0, n): its LM head keeps its first ``n`` rows (a view, no copy), its
     embeddings every row (its prompt may hold its own tokens); ``config.vocab_size`` is then ``n``, what it emits."""
+    if not isinstance(decoder.lm_head, nn.Linear):
+        raise ValueError("a draft restricted to the target's ids needs a float LM head; restrict it before quantizing")
     if decoder.lm_head.out_features > n:
         head = nn.Linear(decoder.config.hidden_size, n, bias=False, device="meta")
         head.weight = nn.Parameter(decoder.lm_head.weight[:n], requires_grad=False)
