@@ -3,9 +3,11 @@ the teacher's stored probabilities, resuming a killed teacher, DDP, and bad inpu
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,9 @@ if not AEDAT4.exists() or not VIDEO.exists():
     pytest.skip(f"fixtures absent ({AEDAT4}, {VIDEO})", allow_module_level=True)
 
 CFG = DistillConfig(window_us=50_000, hop_us=20_000, holdout=0.3, epochs=3, max_new_tokens=24, shard_size=4)
+CHRONOS = FIX / "chronos_dummy"
+CHRONOS_CFG = replace(CFG, epochs=2, imu_points=8)  # SensorLLM's prompt: 6 × 9 feature positions, in 192
+WINDOW = ["--paired", str(AEDAT4), "--window", "1605537493868788:1605537493918788"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +52,16 @@ def run(tmp_path_factory, queries):
     """The real AEDAT4 recording (one recording: the held-out part is its last 30 % of time)."""
     out = tmp_path_factory.mktemp("distill") / "d"
     report = distill(TARGET, [str(AEDAT4)], queries, "target:1", "limu-bert", False, CFG, out)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def chronos_run(tmp_path_factory, queries):
+    """target:1 with Chronos (the chronos project's own tiny checkpoint): a SensorLLM-layout draft."""
+    if not CHRONOS.exists():
+        pytest.skip(f"fixture absent ({CHRONOS})")
+    out = tmp_path_factory.mktemp("chronos") / "d"
+    report = distill(TARGET, [str(AEDAT4)], queries, "target:1", f"chronos:{CHRONOS}", False, CHRONOS_CFG, out)
     return out, report
 
 
@@ -87,6 +102,68 @@ def test_written_draft_decodes_as_the_target_alone(run, capsys):
     assert _generate([*window, "--draft", str(out / "draft"), "--draft-layers", "1"], capsys) == alone
     cfg = json.loads((out / "draft" / "config.json").read_text())
     assert cfg["model_type"] == "llava_llama" and cfg["num_hidden_layers"] == 1 and cfg["limu_bert"]["seq_len"] == 40
+
+
+def test_chronos_draft_is_sensorllm_and_decodes_as_the_target_alone(chronos_run, capsys):
+    """SensorLLM's layout, its tags appended after the target's 384 ids (the target's vocabulary a prefix of the
+    draft's); generate finds the recorded Chronos, drafts the target's ids directly and gives the target's output."""
+    from safetensors import safe_open
+
+    from imuspec.templates import Tokenizer
+
+    out, r = chronos_run
+    folder = out / "draft"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["model_type"] == "sensorllmstage2" and cfg["num_hidden_layers"] == 1 and cfg["imu_points"] == 8
+    assert Path(cfg["pt_encoder_backbone_ckpt"]) == CHRONOS.resolve() and cfg["vocab_size"] == 400
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert {k for k in f.keys() if k.startswith("model.ts_proj.")} == {f"model.ts_proj.{i}.{w}" for i in (0, 2, 4)
+                                                                          for w in ("weight", "bias")}
+    vocab = Tokenizer(folder).hf.get_vocab()
+    assert min(vocab[t] for t in ("<ts>", "<x_acc_start>", "<z_gyro_end>")) >= 384
+    assert r["items"]["heldout"] >= 6 and r["heldout_alpha"][r["best_epoch"]]["mean"] > r["heldout_alpha"][0]["mean"]
+    alone = _generate(WINDOW, capsys)
+    assert main(["generate", "--target", str(TARGET), "--json", "--max-new-tokens", "24", "--prompt", QUERY,
+                 *WINDOW, "--draft", str(folder)]) == 0
+    got, err = capsys.readouterr()
+    assert json.loads(got)["token_ids"] == alone and "drafting the target's ids only" in err
+
+
+def test_chronos_draft_reads_the_window_it_was_trained_on(chronos_run, tmp_path):
+    """The draft reads the window's IMU (as in training: the same prompt embeddings, whatever the recording holds
+    after it); without the recorded imu_points, as an original SensorLLM checkpoint, it reads from the window's
+    start on."""
+    from imuspec.imu.preprocess import starting_at
+
+    out, _ = chronos_run
+    target = open_target(TARGET)
+    s = load_moments([str(AEDAT4)], CFG.window_us, CFG.hop_us)[3].sample
+    cut = replace(s, imu=starting_at(s.imu, s.t0_us * 1e-6))
+    cut = replace(cut, imu=replace(cut.imu, t=cut.imu.t[:80], accel=cut.imu.accel[:80], gyro=cut.imu.gyro[:80],
+                                   mag=None if cut.imu.mag is None else cut.imu.mag[:80]))
+    draft = open_draft(out / "draft", None, target.tokenizer)
+    torch.testing.assert_close(draft.embed(QUERY, s), draft.embed(QUERY, cut), rtol=0, atol=1e-5)
+    original = tmp_path / "original"
+    shutil.copytree(out / "draft", original)
+    cfg = json.loads((original / "config.json").read_text())
+    del cfg["imu_points"]
+    (original / "config.json").write_text(json.dumps(cfg))
+    old = open_draft(original, None, target.tokenizer)
+    assert old.embed(QUERY, s).shape != draft.embed(QUERY, s).shape  # the rest of the recording, not 8 points
+
+
+def test_sensorllm_folder_as_initialisation(chronos_run, queries, tmp_path, capsys):
+    """The chronos run's draft as --draft-init DIR:1 with its recorded Chronos (the run's teacher): before training
+    it is that draft, so its held-out α is the run's best, per item; trained further it still decodes as the
+    target alone."""
+    out, first = chronos_run
+    shutil.copytree(out / "teacher", tmp_path / "d" / "teacher")
+    cfg = replace(CHRONOS_CFG, epochs=1)
+    r = distill(TARGET, [str(AEDAT4)], queries, f"{out / 'draft'}:1", None, False, cfg, tmp_path / "d", resume=True)
+    assert r["teacher"]["shards_computed"] == 0 and r["imu_encoder"] == "chronos"
+    assert r["heldout_alpha"][0]["per_item"] == pytest.approx(first["heldout_alpha"][first["best_epoch"]]["per_item"],
+                                                             abs=1e-6)
+    assert _generate([*WINDOW, "--draft", str(tmp_path / "d" / "draft")], capsys) == _generate(WINDOW, capsys)
 
 
 def test_stored_teacher_probabilities_are_the_targets_own(run):
@@ -341,13 +418,20 @@ def test_killed_teacher_resumes_without_recomputing_finished_shards(queries, tmp
 
 
 @pytest.mark.parametrize("case", ["no_imu", "empty_queries", "other_vocabulary", "long_window", "big_k", "finished",
-                                  "short_span"])
+                                  "short_span", "no_chronos_folder", "chronos_without_folder", "no_recorded_chronos",
+                                  "sensorllm_other_vocabulary", "sensorllm_big_k", "long_sensorllm_prompt"])
 def test_bad_input_is_one_clear_line_before_any_work(case, run, queries, tmp_path, capsys):
     out = tmp_path / "new"
     args = {"data": [str(AEDAT4)], "queries": str(queries), "init": "target:1", "extra": [], "out": str(out)}
     want = {"no_imu": "recording without IMU", "empty_queries": "holds no query", "other_vocabulary": "one vocabulary",
             "long_window": "longer than every recording", "big_k": "K=9", "finished": "--resume",
-            "short_span": "shorter than --window-us"}[case]
+            "short_span": "shorter than --window-us", "no_chronos_folder": "no config.json there; expected a Chronos",
+            "chronos_without_folder": "expected chronos:DIR", "no_recorded_chronos": "give one with --imu-encoder chronos:DIR",
+            "sensorllm_other_vocabulary": "nor the target's with tokens appended after it; distillation needs one vocabulary",
+            "sensorllm_big_k": "K=9, but the decoder has 1 layers",
+            "long_sensorllm_prompt": "past its LLM's max_position_embeddings 192; give fewer --imu-points"}[case]
+    if case.startswith(("no_chronos", "chronos_", "no_recorded", "sensorllm", "long_sensorllm")) and not CHRONOS.exists():
+        pytest.skip(f"fixture absent ({CHRONOS})")
     if case == "no_imu":
         args["data"] = [str(FIX / "eventgpt" / "sample1.npy")]
     elif case == "empty_queries":
@@ -365,11 +449,39 @@ def test_bad_input_is_one_clear_line_before_any_work(case, run, queries, tmp_pat
         args["out"] = str(run[0])
     elif case == "short_span":
         args["extra"] = ["--imu-span-us", "10000"]
+    elif case == "no_chronos_folder":
+        args["extra"] = ["--imu-encoder", f"chronos:{tmp_path / 'nowhere'}"]
+    elif case == "chronos_without_folder":
+        args["extra"] = ["--imu-encoder", "chronos"]
+    elif case in ("no_recorded_chronos", "sensorllm_big_k"):
+        folder = sensorllm_folder(tmp_path / "s")
+        if case == "no_recorded_chronos":
+            cfg = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**cfg, "pt_encoder_backbone_ckpt": "amazon/chronos-t5-large"}))
+        args["init"], args["extra"] = f"{folder}:9" if case == "sensorllm_big_k" else str(folder), ["--imu-points", "8"]
+    elif case == "sensorllm_other_vocabulary":
+        pytest.importorskip("chronos", reason="chronos-forecasting (test extra) is not installed")
+        from test_sensorllm import write_checkpoint
+
+        args["init"] = str(write_checkpoint(tmp_path / "s")[0])  # LLaMA-2's vocabulary and SensorLLM's tags
+    elif case == "long_sensorllm_prompt":
+        args["extra"] = ["--imu-encoder", f"chronos:{CHRONOS}"]  # 40 points: 6 × 41 feature positions
     code = main(["distill", "--target", str(TARGET), "--data", *args["data"], "--queries", args["queries"],
                  "--draft-init", args["init"], "--out", args["out"], *args["extra"]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and want in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def sensorllm_folder(folder: Path) -> Path:
+    """A SensorLLM-layout draft (target:1 + Chronos), trained for no step: the draft a distill run would write."""
+    import imuspec.distill as d
+    from imuspec.templates import Tokenizer
+
+    target = open_target(TARGET)
+    draft, c = d.build_draft(d.Init("target", 1), target.decoder, TARGET, f"chronos:{CHRONOS}", CHRONOS_CFG)
+    d.save_draft(draft, c, Tokenizer(TARGET), folder)
+    return folder
 
 
 def test_chat_template_prompt_for_text_targets():

@@ -24,9 +24,10 @@ CFG = SensorLLMConfig(proj_hidden=HIDDEN)
 LLAMA3_HEADERS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
-def write_checkpoint(folder, model_type="sensorllmstage2", tags=True, drop=(), tok=None):
+def write_checkpoint(folder, model_type="sensorllmstage2", tags=True, drop=(), tok=None, proj_hidden=HIDDEN):
     """A SensorLLM-layout folder: HF LLaMA weights + model.ts_proj.{0,2,4}, config model_type, tokenizer with tags
-    (``tok``: another tokenizer than LLaMA-2's, as SensorLLM's own LLaMA-3 one)."""
+    (``tok``: another tokenizer than LLaMA-2's, as SensorLLM's own LLaMA-3 one; ``proj_hidden``: ts_proj's widths,
+    SensorLLM's own (2048, 3072) for a checkpoint loaded with its defaults)."""
     folder.mkdir()
     tok = tok or AutoTokenizer.from_pretrained(str(fixture_path("llama2_tokenizer", "tokenizer.model").parent))
     tok.add_tokens(LLAMA3_HEADERS + (["<ts>"] + [t for s, e, _ in IMU_CHANNELS for t in (s, e)] if tags else []),
@@ -41,7 +42,7 @@ def write_checkpoint(folder, model_type="sensorllmstage2", tags=True, drop=(), t
                                          "original_max_position_embeddings": 64})
     hf = LlamaForCausalLM(cfg).eval()
     sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
-    dims = (64, *HIDDEN, 32)  # chronos_dummy's d_model 64 → ... → the LLM's 32
+    dims = (64, *proj_hidden, 32)  # chronos_dummy's d_model 64 → ... → the LLM's 32
     for i in range(3):
         sd[f"model.ts_proj.{2 * i}.weight"] = torch.randn(dims[i + 1], dims[i]) / math.sqrt(dims[i])
         sd[f"model.ts_proj.{2 * i}.bias"] = 0.1 * torch.randn(dims[i + 1])
@@ -142,3 +143,46 @@ def test_bad_checkpoints_and_inputs(family, tmp_path):
     x[2, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         m.prompt_embeds("q", x)
+
+
+def test_add_ts_tokens_appends_after_every_id_the_llm_has():
+    """SensorLLM's resize on an LLM whose table (384 rows) is padded past its tokenizer (338 tokens): its tokens come
+    after row 384 (placeholders name the padding rows), new rows are the old rows' mean, the table a multiple of 8,
+    and the LLM's logits over its own ids are unchanged; a second call adds nothing."""
+    from imuspec.demo import WEIGHTS
+    from imuspec.families import open_target
+    from imuspec.models.sensorllm import add_ts_tokens
+
+    target = open_target(WEIGHTS / "target")
+    tok, dec = target.tokenizer, target.decoder
+    grown, tok2 = add_ts_tokens(dec, tok, CFG)
+    vocab = tok2.hf.get_vocab()
+    ids = [vocab[t] for t in CFG.tokens]
+    assert ids == list(range(384, 397)) and grown.config.vocab_size == 400 and tok2.vocab_size == 397
+    assert tok.vocab_size == 338 and "<ts>" not in tok.hf.get_vocab()  # the target's tokenizer is left as it was
+    torch.testing.assert_close(grown.model.embed_tokens.weight[390], dec.model.embed_tokens.weight.mean(0))
+    prompt = torch.tensor([tok.encode("What am I doing?")])
+    for m in (dec, grown):
+        m.setup_cache(16)
+    torch.testing.assert_close(grown(ids=prompt)[..., :384], dec(ids=prompt), rtol=0, atol=0)
+    assert add_ts_tokens(grown, tok2, CFG) == (grown, tok2)
+
+
+def test_generate_with_an_original_sensorllm_draft_on_the_targets_vocabulary(tmp_path, capsys):
+    """`imuspec generate --draft SENSORLLM --chronos DIR --imu FILE`: SensorLLM on LLaMA-2's vocabulary (its tags and
+    LLaMA-3 headers appended) drafts directly for a LLaMA-2 target, restricted to its ids, and gives its output."""
+    from test_cli import checkpoint
+
+    from imuspec.cli import main
+
+    folder, _, _ = write_checkpoint(tmp_path / "sensorllm", proj_hidden=(2048, 3072))
+    target = checkpoint(tmp_path / "target", 0, 2)
+    common = ["generate", "--target", str(target), "--prompt", "What activity is this?", "--template", "llava_v1",
+              "--max-new-tokens", "12", "--json"]
+    outs = []
+    for extra in ([], ["--draft", str(folder), "--chronos", str(fixture_path("chronos_dummy")),
+                       "--imu", str(fixture_path("llasa", "sensorcaps_untrained_10hz.jsonl")), "--imu-index", "0"]):
+        assert main(common + extra) == 0
+        out, err = capsys.readouterr()
+        outs.append((json.loads(out)["token_ids"], err))
+    assert outs[1][0] == outs[0][0] and "drafting the target's ids only" in outs[1][1]

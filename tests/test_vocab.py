@@ -20,7 +20,7 @@ from imuspec.sampling import Sampling, probs, sample
 from imuspec.speculative import GenerationConfig, generate, generate_batch
 from imuspec.templates import Tokenizer
 from imuspec.tree import chain, sample_accept
-from imuspec.vocab import MappedDraft, Vocab, VocabPair, drafter
+from imuspec.vocab import MappedDraft, Vocab, VocabPair, drafter, restricted
 
 # spaces, a newline, digits, non-ASCII (ï, é, ², —) and a character LLaMA-2 spells in byte-fallback pieces (𝄞)
 TEXT = "Hello world!\nThe sensor reads 12 m/s² — naïve café𝄞 done."
@@ -210,16 +210,91 @@ def test_intersection_sampling_keeps_the_target_distribution(s, wrong):
     p = probs(torch.tensor([0.2, 1.0, -0.4, 0.9, 0.1, -1.0]), s)
     gen = torch.Generator().manual_seed(2026)
     t, q = (unrestricted_draw if wrong else intersection_draw)(pair, draft_logits, s, gen)
+    pvalue = verified_pvalue(t, q, p, gen)
+    assert (pvalue < 1e-6) if wrong else (pvalue > 0.001), pvalue
+
+
+def verified_pvalue(t, q, p, gen) -> float:
+    """Chi-square p-value of the loop's verifier output against the target's ``p`` [V], for DRAWS one-token chains
+    ``t`` drafted from ``q`` [V] (0 where it emits a token p gives no mass)."""
     tree = chain(torch.zeros(DRAWS, dtype=torch.long), t[:, None], q.expand(DRAWS, 1, -1))
     n, nxt, _ = sample_accept(tree, p.expand(DRAWS, 2, -1), gen)
-    counts = np.bincount(torch.where(n == 1, t, nxt).numpy(), minlength=pair.target.size)
+    counts = np.bincount(torch.where(n == 1, t, nxt).numpy(), minlength=len(p))
     expected = p.double().numpy() * DRAWS
     if counts[expected == 0].sum():
-        pvalue = 0.0
+        return 0.0
+    e = expected[expected > 0]
+    return chisquare(counts[expected > 0], e * DRAWS / e.sum()).pvalue
+
+
+# -- a draft whose vocabulary extends the target's (SensorLLM's tags appended): drafted directly, restricted
+
+TAGS = ["<ts>", "<x_acc_start>", "<x_acc_end>"]
+
+
+def extended(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """``tok`` with extra tokens appended after its ids, as SensorLLM adds its tags."""
+    spec = json.loads(tok.backend_tokenizer.to_str())
+    out = _fast(RawTokenizer.from_str(json.dumps(spec)), tok.eos_token, tok.bos_token)
+    out.add_tokens(TAGS, special_tokens=True)
+    return out
+
+
+def test_draft_extending_the_target_vocabulary_drafts_target_ids_directly(llama):
+    """The draft's extra tokens outscore every other after each chain token: unrestricted it would propose only
+    them; restricted to the target's ids it proposes the chain, no re-tokenising, and the output is the target's."""
+    dtok = extended(llama)
+    tp = torch.tensor(llama("USER: describe ASSISTANT:", add_special_tokens=False).input_ids)
+    t_chain = [int(tp[-1])] + Vocab(llama, ()).encode(TEXT.encode()) + [_eos(llama)]
+    target = chain_decoder(32000, t_chain, 0)
+    draft = chain_decoder(32008, t_chain, 1, wrong=(6, 15))
+    with torch.no_grad():
+        for a in t_chain:
+            draft.lm_head.weight[32000:32003] += 20 * draft.model.embed_tokens.weight[a] / 64
+    for m in (target, draft):
+        m.config.eos_token_id = _eos(llama)
+        m.setup_cache(len(tp) + 120)
+    full = draft(ids=tp[None])[0, -1]
+    assert int(full.argmax()) >= 32000
+    got, pair = drafter(draft, dtok, target, llama)
+    assert got is draft and pair.prefix and draft.config.vocab_size == 32000
+    assert "the target's and 8 more" in pair.note(True) and "target's ids only" in pair.note(False)
+    assert drafter(draft, dtok, target, llama)[0] is draft  # a second wrap changes nothing
+    draft.rollback(0)
+    torch.testing.assert_close(draft(ids=tp[None])[0, -1], full[:32000], rtol=0, atol=0)
+    cfg = GenerationConfig(max_new_tokens=40, gamma=4, eos_token_ids=(_eos(llama),))
+    alone, spec = generate(target, tp, cfg), generate(target, tp, cfg, draft, tp)
+    assert spec.tokens == alone.tokens and spec.stats.alpha > 0.4, spec.stats.to_dict()
+
+
+@pytest.mark.parametrize("wrong", [False, True], ids=["restricted", "unrenormalised"])
+@pytest.mark.parametrize("s", [Sampling(temperature=1.0), Sampling(temperature=0.7, top_p=0.9)], ids=["t1", "top_p"])
+def test_restricted_draft_q_is_the_renormalised_one(s, wrong):
+    """The restricted draft's q (what the loop samples from and verifies with) is the draft's distribution over the
+    target's ids, renormalised: the intersection sampler's q for this pair, and one-token chains verified by the
+    loop's rule are draws from the target. Wrong on purpose: drafting over every draft id (extra tokens counted as
+    the target's token 0) and verifying with the unrenormalised q."""
+    pair = VocabPair.build(word_vocab(TARGET_WORDS + ["<ts>", "q"]), word_vocab(TARGET_WORDS))
+    assert pair.prefix
+    draft = chain_decoder(8, [], 3)
+    draft.setup_cache(4)
+    full = draft(ids=torch.tensor([[1, 2]]))[0, -1]
+    draft.rollback(0)
+    mine = restricted(draft, 6)(ids=torch.tensor([[1, 2]]))[0, -1]
+    q = probs(mine, s)
+    torch.testing.assert_close(q, pair.draft_probs(full, s))
+    if s.top_p is None:
+        torch.testing.assert_close(q, full[:6].softmax(-1) / full[:6].softmax(-1).sum())
+    p = probs(torch.tensor([0.2, 1.0, -0.4, 0.9, 0.1, -1.0]), s)
+    gen = torch.Generator().manual_seed(7)
+    if wrong:
+        qf = probs(full, s)
+        t = sample(qf.expand(DRAWS, -1), gen)
+        t, q = torch.where(t < 6, t, 0), qf[:6]
     else:
-        e = expected[expected > 0]
-        pvalue = chisquare(counts[expected > 0], e * DRAWS / e.sum()).pvalue
-    assert (pvalue < 1e-6) if wrong else (pvalue > 0.001), (pvalue, counts, expected)
+        t = sample(q.expand(DRAWS, -1), gen)
+    pvalue = verified_pvalue(t, q, p, gen)
+    assert (pvalue < 1e-6) if wrong else (pvalue > 0.001), pvalue
 
 
 def test_sampled_generation_runs_and_is_seeded(llama):

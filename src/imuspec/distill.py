@@ -15,10 +15,14 @@ Stages, each resumable, all under ``torchrun`` (DDP):
    token: what a greedy draft's acceptance is), and the best epoch is written as ``OUT/draft``.
 
 Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
-head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, cut), plus an IMU encoder and a
-fresh projector (LLaSA's layout; ``--imu-span-us``: the IMU span ending with each window, kept in its
-``config.json``), or none with ``--no-imu``. Also the generic training pieces the world's recipe
-(:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
+head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA, LLaSA or SensorLLM folder, cut; its vocabulary
+the target's, or the target's with tokens appended after it, as SensorLLM appends its tags), plus an IMU encoder and
+a fresh projector, saved in the layout of the family the encoder belongs to: LIMU-BERT → LLaSA's
+(:class:`LlasaPath`), Chronos → SensorLLM's (:class:`SensorLLMPath`: its tags appended to the vocabulary, one feature
+block per IMU channel); a SensorLLM folder keeps its own ``ts_proj`` and trains it further. ``--imu-span-us``: the IMU
+span ending with each window, kept in the draft's ``config.json``; or no encoder with ``--no-imu``. A draft with more
+tokens than the target is trained on its logits over the target's ids only. Also the generic training pieces the
+world's recipe (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
 
 from __future__ import annotations
@@ -197,6 +201,10 @@ class ImuPath(nn.Module):
     def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
         raise NotImplementedError
 
+    def vocabulary(self, decoder: Decoder, tok: Tokenizer) -> Decoder:
+        """The LLM with the tokens the family's prompt needs that its vocabulary lacks (default: none)."""
+        return decoder
+
 
 class LlasaPath(ImuPath):
     """LLaSA's: LIMU-BERT over ``points`` positions of the IMU span, an ``mlp2x_gelu`` projector, ``llava_v1``."""
@@ -224,13 +232,60 @@ class LlasaPath(ImuPath):
         LLaSA(decoder, self.projector, self.encoder, tok).save_pretrained(folder, "mlp2x_gelu", self.span_us)
 
 
+class SensorLLMPath(ImuPath):
+    """SensorLLM's: each IMU channel a series over ``points`` positions of the IMU span (``[6, points]``,
+    accelerometer in m/s² / 9.8, gyroscope in rad/s, about UCI-HAR's raw units; Chronos mean-scales each channel, so
+    a unit's scale cancels), a frozen Chronos encoder, a trained ``ts_proj``, the channel's L+1 embeddings between
+    its tags: six feature blocks. Its prompts and folder use its own tokenizer: the LLM's with SensorLLM's tokens
+    appended (:func:`~imuspec.models.sensorllm.add_ts_tokens`), or a SensorLLM folder's own."""
+
+    def __init__(self, chronos: nn.Module, chronos_folder: Path, projector: nn.Module, config, points: int,
+                 span_us: int | None, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.encoder, self.projector = chronos.requires_grad_(False).eval(), projector
+        self.chronos_folder, self.config, self.points, self.span_us, self.tokenizer = (
+            chronos_folder, config, points, span_us, tokenizer)
+
+    def train(self, mode: bool = True) -> SensorLLMPath:
+        super().train(mode)
+        self.encoder.eval()  # frozen: no dropout in Chronos' T5
+        return self
+
+    def vocabulary(self, decoder: Decoder, tok: Tokenizer) -> Decoder:
+        from .models.sensorllm import add_ts_tokens
+
+        decoder, self.tokenizer = add_ts_tokens(decoder, self.tokenizer or tok, self.config)
+        return decoder
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            h = self.encoder(x.flatten(0, 1).cpu()).to(x.device)  # [B·6, L+1, d]
+        return list(self.projector(h).unflatten(0, x.shape[:2]).unbind(1))
+
+    def input(self, sample) -> np.ndarray:
+        return np.ascontiguousarray(sample.imu_input(self.points, self.span_us).T)
+
+    def prompt_ids(self, tok: Tokenizer, query: str) -> list[int]:
+        from .models.sensorllm import prompt_ids
+
+        c = self.encoder.tokenizer
+        return prompt_ids(self.tokenizer, self.config, query, min(self.points, c.context_length) + c.use_eos_token)
+
+    def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
+        from .models.sensorllm import SensorLLM
+
+        SensorLLM(decoder, self.encoder, self.projector, self.tokenizer, self.config).save_pretrained(
+            folder, self.chronos_folder, self.points, self.span_us)
+
+
 class DraftModel(nn.Module):
     """``LlamaForCausalLM`` on per-item prompts [text | feature block | text | ... | answer]; an IMU draft has an
-    :class:`ImuPath` (its feature blocks replace the prompt's placeholders), a text-only one none."""
+    :class:`ImuPath` (its feature blocks replace the prompt's placeholders), a text-only one none. ``vocab``: the
+    logits kept (the target's ids, where the draft has tokens of its own appended)."""
 
-    def __init__(self, lm: nn.Module, path: ImuPath | None = None):
+    def __init__(self, lm: nn.Module, path: ImuPath | None = None, vocab: int | None = None):
         super().__init__()
-        self.lm, self.path = lm, path
+        self.lm, self.path, self.vocab = lm, path, vocab
 
     def forward(self, prompts: list[list[int]], answer: Tensor, lengths: Tensor, imu: Tensor | None = None) -> Tensor:
         """Logits [B, T, V] that predict each answer token, teacher-forced."""
@@ -255,7 +310,7 @@ class DraftModel(nn.Module):
         mask = torch.stack([torch.arange(n, device=dev) < len(s) for s in seqs]).long()
         h = self.lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
         pos = (torch.tensor(starts, device=dev)[:, None] + torch.arange(answer.shape[1], device=dev)).clamp(max=n - 1)
-        return self.lm.lm_head(torch.gather(h, 1, pos[:, :, None].expand(-1, -1, h.shape[-1])))
+        return self.lm.lm_head(torch.gather(h, 1, pos[:, :, None].expand(-1, -1, h.shape[-1])))[..., :self.vocab]
 
 
 @dataclass(frozen=True)
@@ -291,7 +346,68 @@ def imu_path(spec: str, hidden: int, cfg: DistillConfig) -> ImuPath:
     if name == "limu-bert":
         enc = _limu_bert(spec, cfg.imu_points)
         return LlasaPath(enc, build_projector("mlp2x_gelu", enc.config.hidden, hidden), cfg.imu_points, cfg.imu_span_us)
-    raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] is implemented (onellm and chronos:DIR are not yet)")
+    if name == "chronos":
+        return _sensorllm_path(spec, hidden, cfg)
+    raise ValueError(f"--imu-encoder {spec}: expected limu-bert[:PT] or chronos:DIR (onellm is not implemented yet)")
+
+
+def _chronos(spec: str, folder: Path | None) -> nn.Module:
+    """A Chronos encoder from ``folder`` (``--imu-encoder`` ``spec`` names it in errors)."""
+    from .checkpoint import CheckpointError
+    from .encoders.chronos import ChronosEncoder
+
+    if folder is None:
+        raise ValueError(f"--imu-encoder {spec}: expected chronos:DIR, DIR a Chronos checkpoint folder")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--imu-encoder {spec}: {folder}: no config.json there; expected a Chronos checkpoint folder")
+    try:
+        return ChronosEncoder.from_pretrained(folder)
+    except CheckpointError as e:
+        raise ValueError(f"--imu-encoder {spec}: {e}") from None
+
+
+def _sensorllm_path(spec: str, hidden: int, cfg: DistillConfig) -> SensorLLMPath:
+    """Chronos from ``chronos:DIR`` and a fresh ``ts_proj`` of SensorLLM's widths (2048, 3072 for a 4096-wide LLaMA)
+    scaled to the LLM's; the prompt under ``llava_v1`` (SensorLLM's LLaMA-3 template presumes LLaMA-3's tokens)."""
+    from .models.sensorllm import SensorLLMConfig, ts_projector
+
+    folder = Path(spec.partition(":")[2]) if spec.partition(":")[2] else None
+    enc = _chronos(spec, folder)
+    c = SensorLLMConfig(proj_hidden=(hidden // 2, 3 * hidden // 4), template="llava_v1")
+    return SensorLLMPath(enc, folder, ts_projector(enc.d_model, c.proj_hidden, hidden), c, cfg.imu_points,
+                         cfg.imu_span_us)
+
+
+def _sensorllm_folder(folder: Path, imu_encoder: str | None, cfg: DistillConfig) -> tuple[Decoder, SensorLLMPath | None]:
+    """A SensorLLM folder's LLM and, with an IMU, its own path: its ``ts_proj`` (trained further) and tokenizer, and
+    Chronos from ``chronos:DIR``, or (``chronos``) the folder's ``pt_encoder_backbone_ckpt``."""
+    from .checkpoint import read_json
+    from .models.sensorllm import SensorLLM, backbone, load_llm
+
+    if imu_encoder is None:
+        return load_llm(folder)[0], None
+    name, _, given = imu_encoder.partition(":")
+    if name != "chronos":
+        raise ValueError(f"--draft-init {folder}: a SensorLLM folder reads the IMU through Chronos; expected "
+                         f"--imu-encoder chronos:DIR or none (the folder's own), not {imu_encoder}")
+    config = read_json(folder / "config.json")
+    chronos_folder = Path(given) if given else backbone(folder, config)
+    if chronos_folder is None:
+        raise ValueError(f"--draft-init {folder}: config.json's pt_encoder_backbone_ckpt "
+                         f"{config.get('pt_encoder_backbone_ckpt')!r} is not a Chronos folder here; give one with "
+                         "--imu-encoder chronos:DIR")
+    m = SensorLLM.from_pretrained(folder, _chronos(f"chronos:{chronos_folder}", chronos_folder))
+    return m.decoder, SensorLLMPath(m.chronos, chronos_folder, m.projector, m.config, cfg.imu_points, cfg.imu_span_us,
+                                    m.tokenizer)
+
+
+def default_encoder(init: Init) -> str:
+    """The IMU encoder when none is given: a SensorLLM folder's own Chronos, else the shipped LIMU-BERT."""
+    from .families import model_type
+
+    folder = Path(init.source)
+    own = init.source != "target" and (folder / "config.json").is_file() and model_type(folder).startswith("sensorllm")
+    return "chronos" if own else "limu-bert"
 
 
 def _limu_bert(spec: str, points: int) -> nn.Module:
@@ -326,33 +442,54 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
     from .checkpoint import load_decoder, read_json
 
+    path, want = None, target_decoder.config.vocab_size
     if init.source == "target":
         dec = _cut(target_decoder, init.layers, f"target:{init.layers}")
     else:
         folder = Path(init.source)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K or a LLaMA/LLaSA folder")
-        vocab, want = read_json(folder / "config.json").get("vocab_size"), target_decoder.config.vocab_size
-        if vocab != want:
-            raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
-                             f"is {want}; distillation needs one vocabulary")
+            raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K or a "
+                             "LLaMA/LLaSA/SensorLLM folder")
+        _check_vocabulary(folder, target_folder, want)
         kind = read_json(folder / "config.json").get("model_type", "llama")
         if kind.startswith("sensorllm"):
-            raise ValueError(f"--draft-init {folder}: a SensorLLM folder ({kind}); not supported yet as an "
-                             "initialisation: expected target:K or a LLaMA/LLaSA folder")
-        if kind.startswith("llava"):
+            dec, path = _sensorllm_folder(folder, imu_encoder, cfg)
+        elif kind.startswith("llava"):
             from .models.llasa import LLaSA
 
             dec = LLaSA.from_pretrained(folder).decoder
         else:
             dec = load_decoder(folder)
         dec = _cut(dec, init.layers, f"{folder}:{init.layers}")
+    if path is None and imu_encoder is not None:
+        path = imu_path(imu_encoder, dec.config.hidden_size, cfg)
+    if path is not None:
+        dec = path.vocabulary(dec, Tokenizer(target_folder))
     c = replace(dec.config, extra={})
     lm = hf_llama(c)
     lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
     if c.tie_word_embeddings:
         lm.tie_weights()
-    return DraftModel(lm, None if imu_encoder is None else imu_path(imu_encoder, c.hidden_size, cfg)), c
+    return DraftModel(lm, path, want), c
+
+
+def _check_vocabulary(folder: Path, target_folder: Path, want: int) -> None:
+    """A folder's vocabulary must be the target's, or the target's with tokens appended after it (compared piece by
+    piece; a folder without a tokenizer borrows the target's, as ``generate`` lends it)."""
+    from .checkpoint import read_json
+    from .vocab import Vocab, VocabPair
+
+    vocab = read_json(folder / "config.json").get("vocab_size")
+    if not isinstance(vocab, int) or vocab < want:
+        raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
+                         f"is {want}; distillation needs one vocabulary")
+    if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
+        return
+    pair = VocabPair.build(Vocab(Tokenizer(folder).hf, (), vocab), Vocab(Tokenizer(target_folder).hf, (), want))
+    if not (pair.same or pair.prefix):
+        raise ValueError(f"--draft-init {folder}: its tokenizer's vocabulary ({vocab:,} ids) is neither the target's "
+                         f"({target_folder}, {want:,}) nor the target's with tokens appended after it; distillation "
+                         "needs one vocabulary")
 
 
 def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) -> None:
@@ -386,6 +523,17 @@ def draft_prompt_ids(tok: Tokenizer, query: str, path: ImuPath | None, text_targ
     if path is not None:
         return path.prompt_ids(tok, query)
     return text_prompt_ids(tok, query) if text_target else tok.encode(get_template("vicuna_v1").prompt(query))
+
+
+def check_positions(draft: DraftModel, c: LlamaConfig, tok: Tokenizer, sample, queries, max_new_tokens: int) -> None:
+    """The longest IMU draft prompt (its feature blocks expanded, as for ``sample``) and an answer fit the LLM's
+    positions (SensorLLM's prompt holds 6 × (points + 1) feature positions)."""
+    blocks = draft.path.features(torch.from_numpy(draft.path.input(sample))[None].float())
+    longest = max(len(draft.path.prompt_ids(tok, q)) for q in queries) - len(blocks) + sum(b.shape[1] for b in blocks)
+    if longest + max_new_tokens > c.max_position_embeddings:
+        raise ValueError(f"the draft's prompt holds {longest} positions with its IMU features, and --max-new-tokens "
+                         f"{max_new_tokens} more: past its LLM's max_position_embeddings {c.max_position_embeddings}; "
+                         "give fewer --imu-points or a smaller --max-new-tokens")
 
 
 # --- teacher -----------------------------------------------------------------------------------------------------
@@ -515,7 +663,7 @@ class DistillConfig:
     batch: int = 8
     lr: float = 1e-3
     max_new_tokens: int = 48
-    imu_points: int = 40  # LIMU-BERT positions over the window (a DAVIS IMU gives ~40 samples in 50 ms)
+    imu_points: int = 40  # IMU positions over the window (a DAVIS IMU gives ~40 samples in 50 ms); Chronos: per channel
     shard_size: int = 16
     seed: int = 0
     imu_span_us: int | None = None  # the IMU span ending with each window (default: the window itself)
@@ -565,9 +713,9 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     if not text_target and not data:
         raise ValueError(f"--target {target_folder} is {kind}: give its recordings with --data")
     imu = not no_imu and not text_target
-    if imu and imu_encoder is None:
-        imu_encoder = "limu-bert"
     spec = Init.parse(init)
+    if imu and imu_encoder is None:
+        imu_encoder = default_encoder(spec)
     device = init_distributed()
     target = open_target(target_folder, device=device)
     draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg)
@@ -585,6 +733,9 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     batch = min(cfg.batch, len(train_i) // world() * world())
     if batch < 1:
         raise ValueError(f"{len(train_i)} training items for {world()} processes; give more data or a smaller --holdout")
+    if imu:
+        check_positions(draft, c, Tokenizer(target_folder), moments[items[0][0]].sample, {q for _, q in items},
+                        cfg.max_new_tokens)
 
     out.mkdir(parents=True, exist_ok=True)
     index = {"target": str(target_folder), "items": [[m, q] for m, q in items], "top_k": cfg.top_k,
@@ -718,8 +869,11 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
                    "manifests, world:N; none for a text-only target (each query a moment)")
     p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")
-    p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K]")
-    p.add_argument("--imu-encoder", help="limu-bert (the shipped one) or limu-bert:PT (a LIMU-BERT state dict)")
+    p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K] (a LLaMA, "
+                   "LLaSA or SensorLLM folder: the target's vocabulary, or it with tokens appended)")
+    p.add_argument("--imu-encoder", help="limu-bert (the shipped one; the default), limu-bert:PT (a LIMU-BERT state "
+                   "dict): a LLaSA draft; chronos:DIR (a Chronos folder, frozen): a SensorLLM draft (default for a "
+                   "SensorLLM folder: the Chronos its config.json records)")
     p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
     d = DistillConfig()
     p.add_argument("--window-us", type=positive, default=d.window_us, help="a moment's event window (µs)")
@@ -732,7 +886,8 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive, default=d.batch, help="global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (warm-up, cosine decay)")
     p.add_argument("--max-new-tokens", type=positive, default=d.max_new_tokens, help="longest teacher answer")
-    p.add_argument("--imu-points", type=positive, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
+    p.add_argument("--imu-points", type=positive, default=d.imu_points, help="IMU positions over the span: LIMU-BERT's, or "
+                   "each channel's Chronos series (a SensorLLM prompt holds 6 × (N + 1) of them)")
     p.add_argument("--imu-span-us", type=positive, help="the draft's IMU span (µs) ending with each window, at least the "
                    "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
                    "Where a recording began later, the span from its start")

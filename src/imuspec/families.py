@@ -8,7 +8,8 @@ memory), as ``imuspec generate`` needs.
 
 IMU drafts and time windows: the project's trained LLaSA-family drafts (``config.json`` has ``limu_bert``) read a
 paired sample's window (or the ``imu_span_us`` of ``config.json`` that end with it) as ``imu_encoder.config.seq_len``
-points (:meth:`PairedSample.imu_input`); the original
+points (:meth:`PairedSample.imu_input`), its distilled SensorLLM drafts as ``imu_points`` (per channel, Chronos from
+the ``pt_encoder_backbone_ckpt`` they record); the original
 LLaSA, OneLLM and SensorLLM checkpoints read their usual input (LLaSA 6 s, OneLLM 2 s, SensorLLM the recording)
 starting at the window's start, which fails if the recording is too short for them.
 """
@@ -107,7 +108,7 @@ def draft_kind(folder: Path) -> str:
 
 
 def is_imu_draft(kind: str) -> bool:
-    return kind == "onellm" or kind.startswith("llava")
+    return kind == "onellm" or kind.startswith(("llava", "sensorllm"))
 
 
 def _from_start(x: IMURecording | PairedSample) -> IMURecording:
@@ -150,13 +151,20 @@ def _open_draft(folder: Path, template, tokenizer, imu_encoder, chronos, tokeniz
         m = OneLLM.from_pretrained(folder, tokenizer_folder, dtype=dtype, device=device)
         return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, _from_start(x)), kind)
     if kind.startswith("sensorllm"):
-        from .models.sensorllm import SensorLLM
+        from .models.sensorllm import SensorLLM, backbone
 
+        config = read_json(folder / "config.json")
+        chronos = chronos or backbone(folder, config)
         if chronos is None:
-            raise ValueError(f"{folder} is a SensorLLM checkpoint: give its Chronos folder with --chronos DIR")
+            recorded = config.get("pt_encoder_backbone_ckpt")
+            why = f" (config.json's pt_encoder_backbone_ckpt {recorded!r} is not a folder here)" if recorded else ""
+            raise ValueError(f"{folder} is a SensorLLM checkpoint: give its Chronos folder with --chronos DIR{why}")
         m = SensorLLM.from_pretrained(folder, chronos, dtype=dtype, device=device)
-        # Chronos mean-scales each channel: units cancel
-        series = lambda x: torch.from_numpy(_from_start(x).data().T.astype(np.float32))  # noqa: E731
+        if "imu_points" in config:  # distilled: the window (or the span ending with it), as it was trained
+            n, span = config["imu_points"], config.get("imu_span_us")
+            series = lambda x: torch.from_numpy(np.ascontiguousarray(_span(x, n, span).T))  # noqa: E731
+        else:  # Chronos mean-scales each channel: units cancel
+            series = lambda x: torch.from_numpy(_from_start(x).data().T.astype(np.float32))  # noqa: E731
         return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, series(x)), kind)
     from .models.llasa import LLaSA
 

@@ -16,6 +16,11 @@ byte-level BPE through GPT-2's byte↔character table). The continuation is the 
 In both modes the committed target tokens are re-encoded into the draft's vocabulary and the draft's cache is rolled
 back to the longest common prefix with what it holds, so the draft always sees the canonical encoding of the text.
 
+A draft whose vocabulary *extends* the target's (the same pieces for the target's ids, its own tokens appended after
+them, as SensorLLM appends its tags) needs none of this: :func:`restricted` keeps its LM head's rows for the
+target's ids, so it drafts target ids directly, never its own extra tokens (which the target cannot emit), and its
+q is its distribution renormalised over them; the usual verification rule keeps the output the target's.
+
 The hook into the decode loop (:func:`imuspec.speculative.generate_batch`) is :meth:`MappedDraft.propose`: given the
 committed target tokens it returns target-vocabulary proposals (and their q when sampling); the loop verifies them as
 a chain (:func:`imuspec.tree.chain`) like a same-vocabulary draft's, and needs no rollback of its own for this draft.
@@ -24,11 +29,11 @@ a chain (:func:`imuspec.tree.chain`) like a same-vocabulary draft's, and needs n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .model import Decoder
 from .sampling import Sampling, probs, sample
@@ -160,7 +165,17 @@ class VocabPair:
     def same(self) -> bool:
         return self.draft.pieces == self.target.pieces and set(self.draft.eos_ids) <= set(self.target.eos_ids)
 
+    @property
+    def prefix(self) -> bool:
+        """The target's vocabulary is the draft's first ids, the draft's extra tokens appended after them."""
+        n = self.target.size
+        return (self.draft.size > n and self.draft.pieces[:n] == self.target.pieces
+                and set(self.draft.eos_ids) <= set(self.target.eos_ids))
+
     def note(self, greedy: bool) -> str:
+        if self.prefix:
+            return (f"draft vocabulary: the target's and {self.draft.size - self.target.size:,} more (draft "
+                    f"{self.draft.size:,} tokens, target {self.target.size:,}): drafting the target's ids only")
         mode = "same vocabulary" if self.same else "re-tokenised greedy" if greedy else "intersection sampling"
         return (f"draft vocabulary: {mode} (draft {self.draft.size:,} tokens, target {self.target.size:,}, "
                 f"intersection {len(self.shared_draft):,})")
@@ -257,8 +272,22 @@ def _eos(decoder: Decoder, tokenizer) -> tuple[int, ...]:
     return tuple(i for i in ids if i is not None)
 
 
+def restricted(decoder: Decoder, n: int) -> Decoder:
+    """``decoder`` with its logits cut to ids [0, n): its LM head keeps its first ``n`` rows (a view, no copy), its
+    embeddings every row (its prompt may hold its own tokens); ``config.vocab_size`` is then ``n``, what it emits."""
+    if not isinstance(decoder.lm_head, nn.Linear):
+        raise ValueError("a draft restricted to the target's ids needs a float LM head; restrict it before quantizing")
+    if decoder.lm_head.out_features > n:
+        head = nn.Linear(decoder.config.hidden_size, n, bias=False, device="meta")
+        head.weight = nn.Parameter(decoder.lm_head.weight[:n], requires_grad=False)
+        decoder.lm_head = head
+        decoder.config = replace(decoder.config, vocab_size=n)
+    return decoder
+
+
 def drafter(draft: Decoder, draft_tokenizer, target: Decoder, target_tokenizer) -> tuple[Decoder | MappedDraft, VocabPair]:
-    """What the decode loop drafts with: the draft itself when both vocabularies are the same, else a MappedDraft.
+    """What the decode loop drafts with: the draft itself when both vocabularies are the same, the draft
+    :func:`restricted` to the target's ids when its vocabulary extends the target's, else a MappedDraft.
 
     Tokenizers are Hugging Face fast tokenizers or :class:`~imuspec.templates.Tokenizer`; EOS comes from each model's
     config (else its tokenizer), the draft's EOS standing for the target's.
@@ -266,4 +295,6 @@ def drafter(draft: Decoder, draft_tokenizer, target: Decoder, target_tokenizer) 
     dt, tt = getattr(draft_tokenizer, "hf", draft_tokenizer), getattr(target_tokenizer, "hf", target_tokenizer)
     pair = VocabPair.build(Vocab(dt, _eos(draft, dt), draft.config.vocab_size),
                            Vocab(tt, _eos(target, tt), target.config.vocab_size))
+    if pair.prefix:
+        return restricted(draft, pair.target.size), pair
     return (draft if pair.same else MappedDraft(draft, pair)), pair
