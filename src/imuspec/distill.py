@@ -197,6 +197,9 @@ class ImuPath(nn.Module):
     def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
         raise NotImplementedError
 
+    def check(self, c: LlamaConfig) -> None:
+        """Raise before any work where an LLM of config ``c`` cannot be saved in this family's layout."""
+
 
 class LlasaPath(ImuPath):
     """LLaSA's: LIMU-BERT over ``points`` positions of the IMU span, an ``mlp2x_gelu`` projector, ``llava_v1``."""
@@ -222,6 +225,49 @@ class LlasaPath(ImuPath):
         from .models.llasa import LLaSA
 
         LLaSA(decoder, self.projector, self.encoder, tok).save_pretrained(folder, "mlp2x_gelu", self.span_us)
+
+
+class OneLLMPath(ImuPath):
+    """OneLLM's: its IMU path frozen up to the resampler, the LLM-width parts (``clip_proj2``, the start and end tags)
+    trained; its (6, 400) input in raw units over the ``span_us`` ending with each window (kept in ``params.json``);
+    BOS, the 32 embeddings, the ``v1`` prompt; saved as a OneLLM folder."""
+
+    def __init__(self, encoder: nn.Module, span_us: int):
+        from .encoders.onellm_imu import LLM_WIDTH
+
+        super().__init__()
+        self.encoder, self.span_us = encoder.requires_grad_(False), span_us
+        for name in LLM_WIDTH:
+            getattr(encoder, name).requires_grad_(True)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            h = self.encoder.resampled(x)
+        return [self.encoder.project(h)]
+
+    def input(self, sample) -> np.ndarray:
+        from .imu.preprocess import onellm_values
+
+        return sample.imu_input(self.encoder.config.window, self.span_us, onellm_values).T.copy()
+
+    def prompt_ids(self, tok: Tokenizer, query: str) -> list[int]:
+        from .models.onellm import prompt_ids
+
+        return prompt_ids(tok, query)
+
+    def check(self, c: LlamaConfig) -> None:
+        from .models.onellm import OneLLMConfig
+
+        try:
+            OneLLMConfig.from_llama(c, self.encoder.config)
+        except ValueError as e:
+            raise ValueError(f"the draft's LLM cannot be saved in OneLLM's layout: {e}") from None
+
+    def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
+        from .models.onellm import OneLLM, OneLLMConfig
+
+        c = OneLLMConfig.from_llama(decoder.config, self.encoder.config, self.span_us)
+        OneLLM(decoder, self.encoder, tok, c).save_pretrained(folder)
 
 
 class DraftModel(nn.Module):
@@ -291,7 +337,27 @@ def imu_path(spec: str, hidden: int, cfg: DistillConfig) -> ImuPath:
     if name == "limu-bert":
         enc = _limu_bert(spec, cfg.imu_points)
         return LlasaPath(enc, build_projector("mlp2x_gelu", enc.config.hidden, hidden), cfg.imu_points, cfg.imu_span_us)
-    raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] is implemented (onellm and chronos:DIR are not yet)")
+    if name == "onellm":
+        return OneLLMPath(_onellm_imu(spec).fresh_llm_width(hidden), _onellm_span(cfg))
+    raise ValueError(f"--imu-encoder {spec}: only limu-bert[:PT] and onellm:PTH are implemented (chronos:DIR is not yet)")
+
+
+def _onellm_span(cfg: DistillConfig, init_span_us: int | None = None) -> int:
+    """A OneLLM draft's IMU span: ``--imu-span-us``, else a distilled OneLLM init's, else OneLLM's own 2 s."""
+    from .imu.preprocess import ONELLM_RATE_HZ, ONELLM_WINDOW
+
+    return cfg.imu_span_us or init_span_us or round(1e6 * ONELLM_WINDOW / ONELLM_RATE_HZ)
+
+
+def _onellm_imu(spec: str) -> nn.Module:
+    """``onellm:PTH``: the IMU path of a OneLLM checkpoint (its ``.pth`` or folder)."""
+    from .models.onellm import load_imu_path
+
+    path = spec.partition(":")[2]
+    if not path:
+        raise ValueError(f"--imu-encoder {spec}: imuspec ships no OneLLM weights; expected onellm:PTH, PTH a OneLLM "
+                         "checkpoint (consolidated .pth or its folder) whose IMU path to use")
+    return load_imu_path(path)
 
 
 def _limu_bert(spec: str, points: int) -> nn.Module:
@@ -326,8 +392,20 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
     from .checkpoint import load_decoder, read_json
 
+    from .models.onellm import OneLLM, checkpoint_file
+
+    own = None  # a OneLLM init's own IMU path
     if init.source == "target":
         dec = _cut(target_decoder, init.layers, f"target:{init.layers}")
+    elif checkpoint_file(Path(init.source)) is not None:
+        m = OneLLM.from_pretrained(init.source, target_folder)  # its tokenizer, else the target's
+        vocab, want = m.decoder.config.vocab_size, target_decoder.config.vocab_size
+        if vocab != want:
+            raise ValueError(f"--draft-init {init.source}: a OneLLM of vocab_size {vocab}, the target's ({target_folder}) "
+                             f"is {want}; distillation needs one vocabulary")
+        dec = _cut(m.decoder, init.layers, f"{init.source}:{init.layers}")
+        if imu_encoder == "onellm":
+            own = OneLLMPath(m.encoder, _onellm_span(cfg, m.config.imu_span_us))
     else:
         folder = Path(init.source)
         if not (folder / "config.json").is_file():
@@ -352,7 +430,13 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
     if c.tie_word_embeddings:
         lm.tie_weights()
-    return DraftModel(lm, None if imu_encoder is None else imu_path(imu_encoder, c.hidden_size, cfg)), c
+    path = own if own is not None else None if imu_encoder is None else imu_path(imu_encoder, c.hidden_size, cfg)
+    if path is not None:
+        try:
+            path.check(c)
+        except ValueError as e:
+            raise ValueError(f"--draft-init {init.source} with --imu-encoder {imu_encoder}: {e}") from None
+    return DraftModel(lm, path), c
 
 
 def save_draft(model: DraftModel, c: LlamaConfig, tok: Tokenizer, folder: Path) -> None:
@@ -565,9 +649,12 @@ def distill(target_folder: Path, data: list[str] | None, queries_file: Path, ini
     if not text_target and not data:
         raise ValueError(f"--target {target_folder} is {kind}: give its recordings with --data")
     imu = not no_imu and not text_target
-    if imu and imu_encoder is None:
-        imu_encoder = "limu-bert"
     spec = Init.parse(init)
+    if imu and imu_encoder is None:  # a OneLLM init keeps its own IMU path
+        from .models.onellm import checkpoint_file
+
+        onellm = spec.source != "target" and checkpoint_file(Path(spec.source)) is not None
+        imu_encoder = "onellm" if onellm else "limu-bert"
     device = init_distributed()
     target = open_target(target_folder, device=device)
     draft, c = build_draft(spec, _copy(target.decoder), target_folder, imu_encoder if imu else None, cfg)

@@ -155,6 +155,14 @@ def checkpoint_file(path: Path) -> Path | None:
     return found[0] if found else None
 
 
+def load_imu_path(path: str | Path) -> OneLLMIMUEncoder:
+    """The IMU path alone of a OneLLM checkpoint (the ``.pth`` or its folder; sizes from ``params.json``)."""
+    file = checkpoint_file(Path(path))
+    if file is None or not file.is_file():
+        raise CheckpointError(f"{path}: file not found (expected OneLLM's {CHECKPOINT}, or a folder holding it)")
+    return load_imu_encoder(load_weights_file(file), read_config(file).imu, str(file))
+
+
 def meta_to_hf_rope(w: Tensor, n_heads: int) -> Tensor:
     """Reorder q/k projection rows from interleaved RoPE pairs (2i, 2i+1) to rotate-half pairs (i, i + d/2)."""
     out, inp = w.shape
