@@ -461,7 +461,7 @@ def test_onellm_draft_from_the_target_trains_its_projection_and_decodes_as_the_t
                                                                                             capsys):
     """target:1 + OneLLM's IMU path: saved as a OneLLM folder (.pth + params.json + tokenizer) holding the target's
     first layer, OneLLM's frozen IMU path and the trained 32-wide → 256-wide projection; generate loads it with no
-    tokenizer folder and gives the target's own output; held-out α rises over the epochs."""
+    tokenizer folder and gives the target's own output, in eval too; held-out α rises over the epochs."""
     from imuspec.models.onellm import OneLLM
 
     out, r = onellm_run
@@ -480,6 +480,10 @@ def test_onellm_draft_from_the_target_trains_its_projection_and_decodes_as_the_t
     window = ["--paired", str(AEDAT4), "--window", "1605537493868788:1605537493918788"]
     alone = _generate(window, capsys)
     assert _generate([*window, "--draft", str(draft_dir)], capsys) == alone
+    assert main(["eval", "--target", str(TARGET), "--draft", str(draft_dir), "--aedat4", str(AEDAT4), "--max-windows",
+                 "2", "--max-new-tokens", "16", "--out", str(out.parent / "eval")]) == 0
+    summary = json.loads((out.parent / "eval" / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and summary["modes"]["imu"]["mismatches"] == 0
 
 
 def test_onellm_draft_reads_in_generate_what_it_was_trained_on(onellm_run):

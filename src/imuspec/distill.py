@@ -15,9 +15,12 @@ Stages, each resumable, all under ``torchrun`` (DDP):
    token: what a greedy draft's acceptance is), and the best epoch is written as ``OUT/draft``.
 
 Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
-head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, cut), plus an IMU encoder and a
-fresh projector (LLaSA's layout; ``--imu-span-us``: the IMU span ending with each window, kept in its
-``config.json``), or none with ``--no-imu``. Also the generic training pieces the world's recipe
+head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA or LLaSA folder, or a OneLLM checkpoint, cut),
+plus an IMU encoder and a fresh projector: LIMU-BERT in LLaSA's layout (``--imu-span-us``: the IMU span ending with
+each window, kept in its ``config.json``), or OneLLM's IMU path (``onellm:PTH``; frozen but for its LLM-width
+projection and tags; the 2 s ending with each window, kept in its ``params.json``) in OneLLM's layout; a OneLLM
+initialisation keeps its own IMU path by default; or none with ``--no-imu``. Also the generic training pieces the
+world's recipe
 (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
 
@@ -805,8 +808,11 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", help="AEDAT4 files, IMU+EVENTS / IMU+VIDEO pairs, Ego4D folders, JSONL "
                    "manifests, world:N; none for a text-only target (each query a moment)")
     p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")
-    p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K]")
-    p.add_argument("--imu-encoder", help="limu-bert (the shipped one) or limu-bert:PT (a LIMU-BERT state dict)")
+    p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K] (a LLaMA "
+                   "or LLaSA folder, a OneLLM consolidated .pth or its folder; the same vocabulary as the target)")
+    p.add_argument("--imu-encoder", help="limu-bert (the shipped one), limu-bert:PT (a LIMU-BERT state dict) or "
+                   "onellm:PTH (the IMU path of a OneLLM checkpoint; saved in OneLLM's layout); default: limu-bert, "
+                   "or a OneLLM --draft-init's own IMU path (onellm)")
     p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
     d = DistillConfig()
     p.add_argument("--window-us", type=positive, default=d.window_us, help="a moment's event window (µs)")
@@ -821,8 +827,8 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive, default=d.max_new_tokens, help="longest teacher answer")
     p.add_argument("--imu-points", type=positive, default=d.imu_points, help="LIMU-BERT positions over the IMU span")
     p.add_argument("--imu-span-us", type=positive, help="the draft's IMU span (µs) ending with each window, at least the "
-                   "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
-                   "Where a recording began later, the span from its start")
+                   "window (default: the window; OneLLM: its 2 s); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 "
+                   "--imu-points 120. Where a recording began later, the span from its start")
     p.add_argument("--shard-size", type=positive, default=d.shard_size, help="teacher items per shard file")
     p.add_argument("--teacher-batch", type=positive, default=d.teacher_batch, help="items the target answers at once "
                    "(batched greedy decoding within a shard; the same answers as one at a time)")
