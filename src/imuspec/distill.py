@@ -394,7 +394,6 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
                 cfg: DistillConfig) -> tuple[DraftModel, LlamaConfig]:
     """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
     from .checkpoint import load_decoder, read_json
-
     from .models.onellm import OneLLM, checkpoint_file
 
     own = None  # a OneLLM init's own IMU path
@@ -412,7 +411,8 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     else:
         folder = Path(init.source)
         if not (folder / "config.json").is_file():
-            raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K or a LLaMA/LLaSA folder")
+            raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K, a LLaMA/LLaSA folder "
+                             "or a OneLLM checkpoint")
         vocab, want = read_json(folder / "config.json").get("vocab_size"), target_decoder.config.vocab_size
         if vocab != want:
             raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
@@ -433,7 +433,9 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
     lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
     if c.tie_word_embeddings:
         lm.tie_weights()
-    path = own if own is not None else None if imu_encoder is None else imu_path(imu_encoder, c.hidden_size, cfg)
+    path = own
+    if path is None and imu_encoder is not None:
+        path = imu_path(imu_encoder, c.hidden_size, cfg)
     if path is not None:
         try:
             path.check(c)
