@@ -20,8 +20,7 @@ plus an IMU encoder and a fresh projector: LIMU-BERT in LLaSA's layout (``--imu-
 each window, kept in its ``config.json``), or OneLLM's IMU path (``onellm:PTH``; frozen but for its LLM-width
 projection and tags; the 2 s ending with each window, kept in its ``params.json``) in OneLLM's layout; a OneLLM
 initialisation keeps its own IMU path by default; or none with ``--no-imu``. Also the generic training pieces the
-world's recipe
-(:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
+world's recipe (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
 
 from __future__ import annotations

@@ -73,13 +73,14 @@ class OneLLMConfig:
     @classmethod
     def from_llama(cls, c: LlamaConfig, imu: OneLLMIMUConfig, imu_span_us: int | None = None) -> OneLLMConfig:
         """The OneLLM config of a LLaMA decoder, or a ValueError saying what OneLLM's LLaMA-2 cannot hold."""
-        ok = (c.num_key_value_heads == c.num_attention_heads, c.head_dim * c.num_attention_heads == c.hidden_size,
-              c.rope_theta == 10000.0 and not c.rope_scaling, not c.tie_word_embeddings, not c.attention_bias,
-              not c.mlp_bias)
-        why = ("grouped-query attention", "a head_dim other than hidden_size / heads", "RoPE other than theta 10000",
-               "tied embeddings", "attention biases", "MLP biases")
-        if not all(ok):
-            raise ValueError(f"OneLLM's LLaMA-2 has no {why[ok.index(False)]}")
+        lacks = [what for has, what in (
+            (c.num_key_value_heads != c.num_attention_heads, "grouped-query attention"),
+            (c.head_dim * c.num_attention_heads != c.hidden_size, "head_dim other than hidden_size / heads"),
+            (c.rope_theta != 10000.0 or bool(c.rope_scaling), "RoPE other than theta 10000, unscaled"),
+            (c.tie_word_embeddings, "tied embeddings"), (c.attention_bias, "attention biases"), (c.mlp_bias, "MLP biases"),
+        ) if has]
+        if lacks:
+            raise ValueError(f"OneLLM's LLaMA-2 has no {lacks[0]}")
         m = next((m for m in (256, 128, 64, 32, 16, 8, 4, 2, 1) if swiglu_hidden(c.hidden_size, m) == c.intermediate_size),
                  None)
         if m is None:
