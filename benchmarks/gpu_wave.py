@@ -1,10 +1,11 @@
-"""GPU benchmark of issue 12, one run per section set: AR decode before/after the Triton split-K attention against
-the copy-bandwidth floor; compiled v(T); chains vs token trees (budgets, auto) at two acceptance rates; batches;
-transformers' generate and assisted generation as the peer.
+"""GPU benchmark of issue 12, one run per section set: AR decode against the copy-bandwidth floor, the whole-model
+compiled step before and the regional one (one layer compiled, stamped out) after, or the Triton split-K attention
+(``--kernel``); compiled v(T); chains vs token trees (budgets, auto) at two acceptance rates; batches; int8 / int4
+drafts; distillation's teacher and training throughput; transformers' generate and assisted generation as the peer.
 
     PYTHONPATH=src python benchmarks/gpu_wave.py --sections ar,trees,hf \
         --out benchmarks/results/gpu_wave_<card>_<date>.json
-    PYTHONPATH=src python benchmarks/gpu_wave.py --sections ar,batch --out ...
+    PYTHONPATH=src python benchmarks/gpu_wave.py --sections quant,distill,batch,vsweep --out ...
 
 ``--device cpu --target-shape cpu-5m --draft-shape cpu-5m`` is a dry run of the logic (no kernel, no graphs).
 """
@@ -12,10 +13,14 @@ transformers' generate and assisted generation as the peer.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -24,6 +29,7 @@ from imuspec import kernels
 from imuspec.adapt import save_profile
 from imuspec.bench import hf_generate, leviathan_speedup, to_hf
 from imuspec.model import few_query_attention
+from imuspec.quant import quantize
 from imuspec.speculative import AUTO_BUDGETS, GenerationConfig, generate, generate_batch
 from imuspec.synthetic import agreement, calibrate, controlled_pair, n_params, parse_shape
 from imuspec.tree import TreeShape
@@ -109,7 +115,10 @@ def spec_row(target, draft, prompt, cfg, ar_row, v1, v_of) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="ar,trees,hf", help="comma list of ar, trees, batch, hf")
+    ap.add_argument("--sections", default="ar,trees,hf", help="comma list of ar, trees, draftcost, batch, quant, "
+                    "distill, vsweep, hf")
+    ap.add_argument("--kernel", action="store_true", help="ar's after: the Triton split-K attention (else: regional)")
+    ap.add_argument("--vsweep", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
     ap.add_argument("--target-shape", default="vicuna-7b")
     ap.add_argument("--draft-shape", default="llama-68m")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.6, 0.8])
@@ -157,26 +166,29 @@ def main() -> None:
         m.setup_cache(max_len)
     hf_t = to_hf(target) if "hf" in sections else None  # shares our unfused weights: made before fusing
     hf_d = to_hf(draft) if "hf" in sections else None
-    use_kernel = cuda and kernels.available(dev)
+    use_kernel = cuda and a.kernel and kernels.available(dev)
     if use_kernel:
         r["kernel_check_rel_err"] = check_kernel(dev, dtype)
     print(json.dumps({k: v for k, v in r.items()}), flush=True)
 
     torch.set_grad_enabled(False)
     over = lambda: time.perf_counter() - t0 > a.budget_s  # noqa: E731
-    if "ar" in sections and cuda:  # before: today's compiled path (few_query_attention); after: the split-K kernel
-        target.compile_steps()
-        target.warm_steps([1])
-        before = ar(target, prompt, a.new_tokens)
-        if use_kernel:
+    if "ar" in sections and cuda:
+        # before: the whole-model graph per step shape; after: the regional graph (or the split-K kernel)
+        rows = {}
+        for name, kw in (("before", dict(regional=False)),
+                         ("after", dict(kernel=True) if use_kernel else dict(regional=True))):
             c0 = time.perf_counter()
-            target.compile_steps(fuse=False, kernel=True)
+            target.compile_steps(**kw)
             target.warm_steps([1])
-            r["compile_after_s"] = time.perf_counter() - c0
-        after = ar(target, prompt, a.new_tokens)
+            r[f"compile_{name}_s"] = time.perf_counter() - c0
+            rows[name] = ar(target, prompt, a.new_tokens)
+            print(json.dumps({name: kw, "compile_s": r[f"compile_{name}_s"],
+                              **{k: v for k, v in rows[name].items() if k != "tokens"}}), flush=True)
+        before, after = rows["before"], rows["after"]
         r["ar"] = {"before": {k: v for k, v in before.items() if k != "tokens"},
                    "after": {k: v for k, v in after.items() if k != "tokens"},
-                   "after_kernel": use_kernel,
+                   "after_kernel": use_kernel, "after_regional": not use_kernel,
                    "before_fraction_of_floor": 1e3 * floor_s / before["decode_step_ms_median"],
                    "after_fraction_of_floor": 1e3 * floor_s / after["decode_step_ms_median"],
                    "after_identical_to_before": after["tokens"] == before["tokens"],
@@ -186,7 +198,10 @@ def main() -> None:
     elif cuda:
         target.compile_steps(kernel=use_kernel)
     if cuda:
+        c0 = time.perf_counter()
         draft.compile_steps(kernel=use_kernel)
+        draft.warm_steps([1, 2])
+        r["compile_draft_s"] = time.perf_counter() - c0
 
     # v(T), compiled: chain verifies (plain steps) and tree verifies (the tree-mask graph), each first timed with its
     # compile; the planner's profile (used by "auto") is these points interpolated
@@ -289,6 +304,124 @@ def main() -> None:
             r["draftcost"][f"grow_chain{g}_ms"] = 1e3 * statistics.median(times)
         print(json.dumps(r["draftcost"]), flush=True)
         save()
+
+    if "vsweep" in sections:  # v(T) at more lengths (chain verifies), each compiled on first use
+        for t in a.vsweep:
+            if over():
+                break
+            measure(t, False)
+        write_profile()
+        save()
+
+    if "quant" in sections:
+        # weight-only drafts at alpha ~ 0.8 (the bf16 68M draft's calibration): the 68M draft in int8, and a 7B-shaped
+        # draft (the target's own copy: alpha from quantization noise alone, the best case for a seed-sized draft) in int4
+        r["quant"] = {"eps": calibrate(target, draft, 0.05, max(a.alphas), calib_ids)}
+        ar_row = ar(target, prompt, a.new_tokens, repeats=1)
+        r["quant"]["ar_tokens_per_s"] = ar_row["tokens_per_s_median"]
+        cfg = GenerationConfig(eos_token_ids=(), max_new_tokens=a.new_tokens, gamma=4)
+        measure(5, False)
+
+        def copy_of(m):
+            compiled, m._compiled = m._compiled, None  # compiled graphs are bound to the original
+            try:
+                return copy.deepcopy(m)
+            finally:
+                m._compiled = compiled
+
+        for name, src, bits in (("draft68m_bf16", draft, None), ("draft68m_int8", draft, 8),
+                                ("draft68m_int4", draft, 4), ("target7b_int4", target, 4), ("target7b_int8", target, 8)):
+            if over():
+                break
+            d = src if bits is None else quantize(copy_of(src), bits)
+            c0 = time.perf_counter()
+            if bits is not None:
+                d.setup_cache(max_len)
+                if cuda:
+                    d.compile_steps()
+                    d.warm_steps([1, 2])
+            weights = [t for n, t in [*d.named_parameters(), *d.named_buffers()] if "kv_cache" not in n]
+            row = {"bits": bits, "compile_s": time.perf_counter() - c0, "step_ms": 1e3 * step_time(d, 1, a.prompt_len),
+                   "weight_bytes": sum(t.numel() * t.element_size() for t in weights)}
+            row["step_over_v1"] = row["step_ms"] / 1e3 / v[1]
+            row["agreement"] = agreement(target, d, calib_ids)
+            row.update(spec_row(target, d, prompt, cfg, ar_row, v[1], v_of))
+            r["quant"][name] = row
+            print(json.dumps({name: row}), flush=True)
+            if d is not src:
+                del d
+                if cuda:
+                    torch.cuda.empty_cache()
+            save()
+
+    if "distill" in sections:
+        # distillation's throughput on an EventGPT-shaped 7B target: the teacher (582 event embeddings + a text
+        # prompt, greedy answers and top-64 probabilities, through distill.run_teacher) and draft training steps
+        # (LLaSA layout: the shipped LIMU-BERT, a fresh projector; bf16 autocast, AdamW) for a target:2 cut and
+        # the 68M shape
+        from imuspec.distill import LlasaPath, DraftModel, _limu_bert, hf_llama, run_teacher, topk_distillation
+        from imuspec.models.llasa import build_projector
+        from imuspec.templates import Tokenizer
+
+        r["distill"] = {"event_tokens": 582, "text_tokens": 40, "answer_tokens": 48, "top_k": 64}
+        teacher = SimpleNamespace(decoder=target, tokenizer=SimpleNamespace(eos_id=t_cfg.eos_ids[0] if t_cfg.eos_ids else 2))
+        text = torch.randint(3, t_cfg.vocab_size, (40,), generator=gen).to(dev)
+        with torch.inference_mode():
+            events = [target.embed(torch.randint(3, t_cfg.vocab_size, (582,), generator=gen).to(dev)) for _ in range(16)]
+        prompt_of = lambda i: torch.cat([events[i % 16], target.embed(text)])  # noqa: E731
+        for b in (1, 8):
+            if over():
+                break
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "teacher").mkdir()
+                n = 16 if b > 1 else 4
+                run_teacher(teacher, prompt_of, b, Path(tmp), b, 48, 64, b)  # compile / capture this batch's graphs
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "teacher").mkdir()
+                got = run_teacher(teacher, prompt_of, n, Path(tmp), 8, 48, 64, b)
+            r["distill"][f"teacher_batch{b}"] = {k: got[k] for k in ("seconds", "tokens_computed", "tokens_per_s")}
+            print(json.dumps({"teacher_batch": b, **r["distill"][f"teacher_batch{b}"]}), flush=True)
+            save()
+        tok = Tokenizer(Path(__file__).resolve().parents[1] / "src" / "imuspec" / "weights" / "target")
+        for name, c in (("target_cut2", replace(t_cfg, num_hidden_layers=2)), ("llama68m", d_cfg)):
+            if over():
+                break
+            torch.manual_seed(0)
+            path = LlasaPath(_limu_bert("limu-bert", 40), build_projector("mlp2x_gelu", 72, c.hidden_size), 40, None)
+            model = DraftModel(hf_llama(c), path).to(dev).train()
+            opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
+            bsz, t_ans = 8, 48
+            prompts = [path.prompt_ids(tok, "What am I doing, and what do I see?")] * bsz
+            ans = torch.randint(3, c.vocab_size, (bsz, t_ans), device=dev)
+            lengths = torch.full((bsz,), t_ans, device=dev)
+            imu = torch.randn(bsz, 40, 6, device=dev)
+            ids = torch.randint(3, c.vocab_size, (bsz, t_ans, 64), device=dev, dtype=torch.int32)
+            p = torch.softmax(torch.randn(bsz, t_ans, 64, device=dev), -1).half() * 0.9
+            rest = torch.full((bsz, t_ans), 0.1, device=dev, dtype=torch.float16)
+            times = []
+            with torch.enable_grad():
+                for i in range(13):
+                    sync(dev)
+                    c0 = time.perf_counter()
+                    with torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+                        logits = model(prompts, ans, lengths, imu)
+                    loss = topk_distillation(logits, ids, p, rest, lengths, "tvd")
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sync(dev)
+                    if i >= 3:
+                        times.append(time.perf_counter() - c0)
+            step = statistics.median(times)
+            r["distill"][f"train_{name}"] = {"params": sum(q.numel() for q in model.parameters()), "batch": bsz,
+                                             "answer_tokens": t_ans, "step_s_median": step, "steps_per_s": 1 / step,
+                                             "items_per_s": bsz / step,
+                                             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            print(json.dumps({name: r["distill"][f"train_{name}"]}), flush=True)
+            del model, opt
+            if cuda:
+                torch.cuda.empty_cache()
+            save()
 
     if "batch" in sections:
         # target-only batches (rows finish together: one compiled shape per B). A speculative batch compiles one graph

@@ -74,3 +74,22 @@ def test_rope_frequencies_stay_float32_under_a_dtype_change():
     ours = ours.to(torch.bfloat16)
     assert ours.inv_freq.dtype == torch.float32 and torch.equal(ours.inv_freq, ref)
     assert ours.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_compiled_steps_regional_and_whole_match_eager():
+    """compile_steps' regional graph (one layer compiled, stamped out for all) and the whole-model graph compute the
+    eager step: a decode and a tree verify after a prefill (torch.compile on the CPU: inductor, no CUDA graphs)."""
+    hf, ours = hf_pair("gqa")
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)[None]
+    tree = dict(positions=torch.tensor([[11, 12, 12]]), tree_mask=mask)
+    with torch.no_grad():
+        ours.setup_cache(32)
+        ours(ids=ids[:, :10])
+        ref = [ours(ids=ids[:, 10:11]), ours(ids=torch.tensor([[3, 4, 5]]), **tree)]
+        for regional in (True, False):
+            ours.compile_steps(fuse=regional, regional=regional)  # fuse once: the second call keeps the fused layers
+            ours.rollback(10)
+            got = [ours.step(ids[:, 10:11]).clone(), ours.step(torch.tensor([[3, 4, 5]]), **tree).clone()]
+            assert all((g - r).abs().max() < TOL for g, r in zip(got, ref)), regional
+            assert int(ours.length) == 14
