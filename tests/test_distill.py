@@ -515,3 +515,165 @@ def test_training_resumes_from_its_epoch_checkpoint(tmp_path, monkeypatch):
     assert resumed["teacher"]["shards_computed"] == 0
     torch.testing.assert_close(torch.tensor(resumed["losses"]), torch.tensor(straight["losses"]), rtol=0, atol=1e-6)
     assert [h["per_item"] for h in resumed["heldout_alpha"]] == [h["per_item"] for h in straight["heldout_alpha"]]
+
+
+# --- OneLLM drafts: target:K with OneLLM's IMU path, and a OneLLM checkpoint as the initialisation ---
+
+@pytest.fixture(scope="module")
+def tiny_onellm_dir(tmp_path_factory):
+    """A tiny random OneLLM on the target's tokenizer and vocabulary (384), saved with its params.json (as if
+    distilled before: it reads the 2 s ending with a window)."""
+    from test_onellm import tiny_onellm
+
+    from imuspec.templates import Tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_onellm")
+    tiny_onellm(folder, Tokenizer(TARGET), 384, imu_span_us=2_000_000)
+    return folder
+
+
+def _distill_on_run_teacher(run, queries, out: Path, init: str, imu_encoder):
+    """A draft distilled on the teacher shards of the module's run (the same target, data and items)."""
+    import shutil
+
+    shutil.copytree(run[0] / "teacher", out / "teacher")
+    return distill(TARGET, [str(AEDAT4)], queries, init, imu_encoder, False, CFG, out, resume=True)
+
+
+def _teacher_forced_alpha(out: Path, r: dict, draft_dir: Path, n: int = 3) -> list[tuple[float, float]]:
+    """Per held-out item: (α as generate's draft family computes it, teacher-forced on the stored answer; α that
+    distillation recorded for it at the best epoch). Equal only where generate reads the input and prompt the draft
+    was trained on."""
+    target = open_target(TARGET)
+    draft = open_draft(draft_dir, None, target.tokenizer)
+    moments = load_moments([str(AEDAT4)], CFG.window_us, CFG.hop_us)
+    items = json.loads((out / "teacher" / "index.json").read_text())["items"]
+    teacher = load_teacher(out, len(items), CFG.shard_size)
+    best = r["heldout_alpha"][r["best_epoch"]]["per_item"]
+    dec, got = draft.decoder, []
+    for j, (m, q) in enumerate(r["heldout_items"][:n]):
+        tokens = teacher[items.index([m, q])][0].long()
+        p = draft.embed(q, moments[m].sample)
+        x = torch.cat([p, dec.embed(tokens[:-1])])
+        dec.setup_cache(len(x))
+        with torch.no_grad():
+            pred = dec(embeds=x[None])[0, len(p) - 1:].argmax(-1)
+        got.append((float((pred == tokens).float().mean()), best[j]))
+    return got
+
+
+@pytest.fixture(scope="module")
+def onellm_run(run, queries, tiny_onellm_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onellm") / "d"
+    pth = tiny_onellm_dir / "consolidated.00-of-01.pth"
+    return out, _distill_on_run_teacher(run, queries, out, "target:1", f"onellm:{pth}")
+
+
+def test_onellm_draft_from_the_target_trains_its_projection_and_decodes_as_the_target_alone(onellm_run, tiny_onellm_dir,
+                                                                                            capsys):
+    """target:1 + OneLLM's IMU path: saved as a OneLLM folder (.pth + params.json + tokenizer) holding the target's
+    first layer, OneLLM's frozen IMU path and the trained 32-wide → 256-wide projection; generate loads it with no
+    tokenizer folder and gives the target's own output, in eval too; held-out α rises over the epochs."""
+    from imuspec.models.onellm import OneLLM
+
+    out, r = onellm_run
+    assert r["finished"] and r["teacher"]["shards_computed"] == 0
+    draft_dir = out / "draft"
+    assert sorted(p.name for p in draft_dir.iterdir()) == ["consolidated.00-of-01.pth", "params.json", "tokenizer.json",
+                                                           "tokenizer_config.json"]
+    params = json.loads((draft_dir / "params.json").read_text())
+    assert (params["dim"], params["n_layers"], params["vocab_size"], params["imu_span_us"]) == (256, 1, 384, 2_000_000)
+    draft, tiny = OneLLM.from_pretrained(draft_dir), OneLLM.from_pretrained(tiny_onellm_dir)
+    mine, theirs = draft.encoder.state_dict(), tiny.encoder.state_dict()
+    frozen = [k for k in mine if not k.startswith(("clip_proj2", "start_tag", "end_tag"))]
+    assert all(torch.equal(mine[k], theirs[k]) for k in frozen) and mine["clip_proj2.0.weight"].shape == (256, 32)
+    h = [x["mean"] for x in r["heldout_alpha"]]
+    assert max(h[1:]) > h[0], h
+    window = ["--paired", str(AEDAT4), "--window", "1605537493868788:1605537493918788"]
+    alone = _generate(window, capsys)
+    assert _generate([*window, "--draft", str(draft_dir)], capsys) == alone
+    assert main(["eval", "--target", str(TARGET), "--draft", str(draft_dir), "--aedat4", str(AEDAT4), "--max-windows",
+                 "2", "--max-new-tokens", "16", "--out", str(out.parent / "eval")]) == 0
+    summary = json.loads((out.parent / "eval" / "summary.json").read_text())
+    assert summary["n_samples"] == 2 and summary["modes"]["imu"]["mismatches"] == 0
+
+
+def test_onellm_draft_reads_in_generate_what_it_was_trained_on(onellm_run):
+    """Generate's draft family on held-out items gives, teacher-forced, the very α distillation recorded for them:
+    the same 2 s ending with each window (from the recording's start: the DAVIS file is 0.59 s), the same prompt."""
+    from dataclasses import replace
+
+    from imuspec.imu.preprocess import starting_at
+
+    out, r = onellm_run
+    for ours, recorded in _teacher_forced_alpha(out, r, out / "draft"):
+        assert ours == pytest.approx(recorded, abs=1e-6)
+    target = open_target(TARGET)
+    draft = open_draft(out / "draft", None, target.tokenizer)
+    s = load_moments([str(AEDAT4)], CFG.window_us, CFG.hop_us)[-1].sample
+    start = int(np.ceil(s.imu.t[0] * 1e6))
+    torch.testing.assert_close(draft.embed(QUERY, s), draft.embed(QUERY, replace(s, t0_us=start)), rtol=0, atol=1e-5)
+    window_only = replace(s, imu=starting_at(s.imu, s.t0_us * 1e-6))  # differs by ~1e-3 (a random tiny IMU path)
+    assert not torch.allclose(draft.embed(QUERY, s), draft.embed(QUERY, window_only), rtol=0, atol=1e-4)
+
+
+def test_onellm_checkpoint_as_the_initialisation(run, queries, tiny_onellm_dir, tmp_path, capsys):
+    """--draft-init ONELLM:1: its LLM cut to one layer and its own IMU path (its projection and tags kept, then
+    trained): epoch 0's held-out α is the cut checkpoint's own, as generate computes it; the draft decodes losslessly."""
+    from imuspec.distill import Init, build_draft
+    from imuspec.models.onellm import OneLLM
+
+    m = OneLLM.from_pretrained(tiny_onellm_dir)
+    d, c = build_draft(Init.parse(f"{tiny_onellm_dir}:1"), open_target(TARGET).decoder, TARGET, "onellm", CFG)
+    mine, theirs = d.path.encoder.state_dict(), m.encoder.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)  # all kept
+    trained = {k for k, p in d.path.named_parameters() if p.requires_grad}
+    assert trained == {"encoder.start_tag", "encoder.end_tag", "encoder.clip_proj2.0.weight",
+                       "encoder.clip_proj2.0.bias", "encoder.clip_proj2.1.weight", "encoder.clip_proj2.1.bias"}
+    assert c.num_hidden_layers == 1 and torch.equal(d.lm.model.layers[0].mlp.up_proj.weight,
+                                                    m.decoder.model.layers[0].mlp.up_proj.weight)
+    out = tmp_path / "d"
+    r = _distill_on_run_teacher(run, queries, out, f"{tiny_onellm_dir}:1", None)
+    assert r["imu_encoder"] == "onellm" and r["draft"]["layers"] == 1
+    params = json.loads((out / "draft" / "params.json").read_text())
+    assert (params["dim"], params["n_layers"], params["imu_span_us"]) == (64, 1, 2_000_000)
+    cut = tmp_path / "cut"
+    from imuspec.model import first_layers
+
+    first_layers(m.decoder, 1)
+    m.save_pretrained(cut)
+    r0 = {**r, "best_epoch": 0}
+    for ours, recorded in _teacher_forced_alpha(out, r0, cut):
+        assert ours == pytest.approx(recorded, abs=1e-6)
+    window = ["--paired", str(AEDAT4), "--window", "1605537493868788:1605537493918788"]
+    assert _generate([*window, "--draft", str(out / "draft")], capsys) == _generate(window, capsys)
+
+
+@pytest.mark.parametrize("case", ["bare_onellm", "absent_pth", "other_vocabulary", "big_k", "bad_params"])
+def test_onellm_bad_input_is_one_clear_line_before_any_work(case, queries, tiny_onellm_dir, tmp_path, capsys):
+    import shutil
+
+    out, init, enc = tmp_path / "new", "target:1", []
+    if case == "bare_onellm":
+        enc, want = ["--imu-encoder", "onellm"], "imuspec ships no OneLLM weights; expected onellm:PTH"
+    elif case == "absent_pth":
+        enc, want = ["--imu-encoder", f"onellm:{tmp_path / 'absent.pth'}"], "absent.pth: file not found"
+    elif case == "other_vocabulary":
+        from test_onellm import tiny_onellm
+
+        from imuspec.templates import Tokenizer
+
+        tiny_onellm(tmp_path / "o", Tokenizer(FIX / "llama2_tokenizer"), 32000, n_layers=1)
+        init, want = str(tmp_path / "o"), "a OneLLM of vocab_size 32000, the target's"
+    elif case == "big_k":
+        init, want = f"{tiny_onellm_dir}:9", "K=9, but the decoder has 2 layers"
+    else:
+        shutil.copytree(tiny_onellm_dir, tmp_path / "o")
+        d = json.loads((tmp_path / "o" / "params.json").read_text())
+        (tmp_path / "o" / "params.json").write_text(json.dumps({**d, "n_kv_heads": 2}))
+        init, want = f"{tmp_path / 'o'}:1", "params.json: field 'n_kv_heads' is not one OneLLM reads"
+    code = main(["distill", "--target", str(TARGET), "--data", str(AEDAT4), "--queries", str(queries),
+                 "--draft-init", init, *enc, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and want in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

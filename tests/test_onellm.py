@@ -1,5 +1,6 @@
 """OneLLM's IMU draft against a functional re-implementation of csuhan/OneLLM's forward on the original key layout."""
 
+import json
 import math
 
 import numpy as np
@@ -9,11 +10,13 @@ import torch.nn.functional as F
 
 from conftest import assert_lossless, fixture_path
 from imuspec import CheckpointError, Decoder
+from imuspec.model import first_layers
 from imuspec.encoders.onellm_imu import OneLLMIMUConfig, OneLLMIMUEncoder
 from imuspec.imu import IMUError, from_array, read_imu
 from imuspec.imu.preprocess import onellm_input
-from imuspec.models.onellm import OneLLM, OneLLMConfig
-from imuspec.templates import get_template
+from imuspec.models.onellm import (PARAMS, OneLLM, OneLLMConfig, hf_to_meta_rope, meta_to_hf_rope, read_config,
+                                   swiglu_hidden)
+from imuspec.templates import Tokenizer, get_template
 
 IMU = OneLLMIMUConfig(width=32, clip_layers=2, clip_heads=4, expert_layers=2, expert_heads=4, multiple_of=16, out_dim=48)
 CFG = OneLLMConfig(dim=48, n_layers=2, n_heads=4, multiple_of=16, max_seq_len=256, imu=IMU)
@@ -251,3 +254,96 @@ def test_window_rejects_bad_input():
     x[17, 4] = np.nan
     with pytest.raises(IMUError, match="NaN"):
         input_of(x, 200)
+
+
+# --- the OneLLM folder: consolidated .pth + params.json + tokenizer, written and read back ---
+
+def tiny_onellm(folder, tokenizer: Tokenizer, vocab_size: int, dim=64, n_layers=2, seed=0, imu_span_us=None) -> OneLLM:
+    """A random OneLLM of tiny sizes on ``tokenizer``, saved in ``folder`` (what a test takes for a real OneLLM)."""
+    torch.manual_seed(seed)
+    imu = OneLLMIMUConfig(width=32, clip_layers=2, clip_heads=4, expert_layers=2, expert_heads=4, multiple_of=16,
+                          out_dim=dim)
+    cfg = OneLLMConfig(dim=dim, n_layers=n_layers, n_heads=4, multiple_of=16, vocab_size=vocab_size, imu=imu,
+                       imu_span_us=imu_span_us)
+    enc = OneLLMIMUEncoder(imu)
+    for p in (enc.clip.visual.class_embedding, enc.positional_embedding, enc.resample_tokens, enc.start_tag,
+              enc.end_tag):  # zeros at construction
+        p.data.normal_(0, 0.5)
+    m = OneLLM(Decoder(cfg.llama()).eval(), enc.eval(), tokenizer, cfg)
+    m.save_pretrained(folder)
+    return m
+
+
+def _logits(m: OneLLM, query="Describe the scene.", imu=None):
+    emb = m.prompt_embeds(query, window() if imu is None else imu)
+    m.decoder.setup_cache(len(emb))
+    with torch.no_grad():
+        return m.decoder(embeds=emb[None])[0]
+
+
+def test_rope_order_round_trips():
+    w = torch.randn(48, 20)
+    assert torch.equal(hf_to_meta_rope(meta_to_hf_rope(w, 4), 4), w)
+    assert torch.equal(meta_to_hf_rope(hf_to_meta_rope(w, 4), 4), w)
+    assert not torch.equal(meta_to_hf_rope(w, 4), w)
+
+
+def test_saved_folder_loads_back_as_it_was(checkpoint, tmp_path):
+    """Original keys → ours → save_pretrained → the same tensors under the same keys, params.json with the sizes,
+    the tokenizer beside them; loading the folder (no tokenizer folder given) gives the same logits; a cut LLM too."""
+    path, sd = checkpoint
+    m = OneLLM.from_pretrained(path, fixture_path("llama2_tokenizer", "tokenizer.model").parent, CFG)
+    m.save_pretrained(tmp_path / "f")
+    saved = torch.load(tmp_path / "f" / "consolidated.00-of-01.pth", weights_only=True)
+    ours = {k for k in sd if not k.endswith(".audio") and ".audio." not in k and not k.startswith(
+        ("llma.clip.token_embedding", "llma.clip.visual.conv1", "llma.clip.visual.proj", "llma.clip.visual.positional"))}
+    assert set(saved) == ours and all(torch.equal(saved[k], sd[k]) for k in ours)
+    params = json.loads((tmp_path / "f" / PARAMS).read_text())
+    assert params["dim"] == 48 and params["n_layers"] == 2 and params["imu"]["width"] == 32 and "imu_span_us" not in params
+    back = OneLLM.from_pretrained(tmp_path / "f")
+    assert back.config.llama().intermediate_size == CFG.llama().intermediate_size
+    assert torch.equal(_logits(back), _logits(m))
+    first_layers(m.decoder, 1)
+    m.save_pretrained(tmp_path / "cut")
+    back = OneLLM.from_pretrained(tmp_path / "cut" / "consolidated.00-of-01.pth")
+    assert back.config.n_layers == 1 and torch.equal(_logits(back), _logits(m))
+
+
+def test_without_params_json_the_7b_defaults(checkpoint):
+    path, _ = checkpoint
+    assert read_config(path) == OneLLMConfig() and OneLLMConfig().llama().intermediate_size == 11008
+    with pytest.raises(CheckpointError, match=r"missing key 'llma\.layers\.2\.attention\.wq\.weight'.*\(and 269 more\)"):
+        OneLLM.from_pretrained(path, fixture_path("llama2_tokenizer", "tokenizer.model").parent)  # 32 layers expected
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.pop("n_heads"), "'n_heads' missing"), (lambda d: d.update(dim="64"), "'dim' is \"64\""),
+    (lambda d: d.update(n_kv_heads=2), "'n_kv_heads' is not one OneLLM reads"),
+    (lambda d: d.update(vocab_size=0), "'vocab_size' is 0; expected a positive integer, or -1"),
+    (lambda d: d.update(norm_eps=-1e-5), "'norm_eps' is -1e-05"), (lambda d: d.update(n_layers=True), "'n_layers' is true"),
+    (lambda d: d["imu"].update(width=0), "'imu.width' is 0"), (lambda d: d["imu"].update(depth=3), "'imu.depth' is not"),
+    (lambda d: d.update(dim=66), "'dim' 66 is not a multiple of 'n_heads' 4"),
+])
+def test_bad_params_json_is_one_line_naming_file_and_field(edit, field, tmp_path):
+    tiny_onellm(tmp_path, Tokenizer(fixture_path("llama2_tokenizer", "tokenizer.model").parent), 32000, n_layers=1)
+    d = json.loads((tmp_path / PARAMS).read_text())
+    edit(d)
+    (tmp_path / PARAMS).write_text(json.dumps(d))
+    with pytest.raises(CheckpointError) as e:
+        OneLLM.from_pretrained(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / PARAMS}: field ") and field in msg and "\n" not in msg, msg
+
+
+def test_layouts_onellm_cannot_hold_are_refused():
+    from dataclasses import replace
+
+    from imuspec.model import LlamaConfig
+
+    c = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=swiglu_hidden(64, 16), num_hidden_layers=1,
+                    num_attention_heads=4)
+    assert OneLLMConfig.from_llama(c, replace(IMU, out_dim=64)).llama().intermediate_size == c.intermediate_size
+    for bad, why in ((dict(num_key_value_heads=2), "grouped-query"), (dict(intermediate_size=100), "SwiGLU size"),
+                     (dict(rope_theta=5e5), "RoPE"), (dict(tie_word_embeddings=True), "tied")):
+        with pytest.raises(ValueError, match=why):
+            OneLLMConfig.from_llama(replace(c, **bad), replace(IMU, out_dim=64))

@@ -181,9 +181,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def add_generate_parser(g: argparse.ArgumentParser) -> None:
     g.add_argument("--target", required=True, help="Hugging Face LLaMA folder (config.json + weights + tokenizer)")
-    g.add_argument("--draft", help="draft checkpoint: a LLaMA, LLaSA or SensorLLM folder or OneLLM's consolidated .pth "
-                   "(without a tokenizer of its own it borrows the target's; with another vocabulary its proposals "
-                   "are re-tokenised, imuspec.vocab); without it the target decodes alone")
+    g.add_argument("--draft", help="draft checkpoint: a LLaMA, LLaSA or SensorLLM folder, OneLLM's consolidated .pth "
+                   "or a folder holding it (without a tokenizer of its own it borrows the target's; with another "
+                   "vocabulary its proposals are re-tokenised, imuspec.vocab); without it the target decodes alone")
     g.add_argument("--prompt", required=True, help="the question or text to continue")
     g.add_argument("--template", help="template for text-only sides: vicuna_v1, llava_v1, eventgpt_v1, v1, sensorllm; "
                    "'chat': the tokenizer's chat template (a user turn + the generation prompt); 'plain': the prompt as "

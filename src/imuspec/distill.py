@@ -15,12 +15,14 @@ Stages, each resumable, all under ``torchrun`` (DDP):
    token: what a greedy draft's acceptance is), and the best epoch is written as ``OUT/draft``.
 
 Draft initialisations: ``target:K`` (the target's LLM cut to its first K layers: its embeddings, final norm and LM
-head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA, LLaSA or SensorLLM folder, cut; its vocabulary
-the target's, or the target's with tokens appended after it, as SensorLLM appends its tags), plus an IMU encoder and
-a fresh projector, saved in the layout of the family the encoder belongs to: LIMU-BERT → LLaSA's
-(:class:`LlasaPath`), Chronos → SensorLLM's (:class:`SensorLLMPath`: its tags appended to the vocabulary, one feature
-block per IMU channel); a SensorLLM folder keeps its own ``ts_proj`` and trains it further. ``--imu-span-us``: the IMU
-span ending with each window, kept in the draft's ``config.json``; or no encoder with ``--no-imu``. A draft with more
+head, so the same vocabulary by construction), ``DIR[:K]`` (a LLaMA, LLaSA or SensorLLM folder, or a OneLLM
+checkpoint, cut; its vocabulary the target's, or the target's with tokens appended after it, as SensorLLM appends its
+tags), plus an IMU encoder and a fresh projector, saved in the layout of the family the encoder belongs to: LIMU-BERT
+→ LLaSA's (:class:`LlasaPath`), Chronos → SensorLLM's (:class:`SensorLLMPath`: its tags appended to the vocabulary,
+one feature block per IMU channel), OneLLM's IMU path (``onellm:PTH``, :class:`OneLLMPath`: frozen but for its
+LLM-width projection and tags; the 2 s ending with each window, kept in its ``params.json``) → OneLLM's. A SensorLLM
+folder keeps its own ``ts_proj`` and trains it further, a OneLLM initialisation its own IMU path. ``--imu-span-us``:
+the IMU span ending with each window, kept in the draft's config; or no encoder with ``--no-imu``. A draft with more
 tokens than the target is trained on its logits over the target's ids only. Also the generic training pieces the
 world's recipe (:mod:`imuspec.train`) uses: :class:`Stage`, :func:`fit`, :func:`distillation`.
 """
@@ -204,6 +206,8 @@ class ImuPath(nn.Module):
     def vocabulary(self, decoder: Decoder, tok: Tokenizer) -> Decoder:
         """The LLM with the tokens the family's prompt needs that its vocabulary lacks (default: none)."""
         return decoder
+    def check(self, c: LlamaConfig) -> None:
+        """Raise before any work where an LLM of config ``c`` cannot be saved in this family's layout."""
 
 
 class LlasaPath(ImuPath):
@@ -278,6 +282,49 @@ class SensorLLMPath(ImuPath):
             folder, self.chronos_folder, self.points, self.span_us)
 
 
+class OneLLMPath(ImuPath):
+    """OneLLM's: its IMU path frozen up to the resampler, the LLM-width parts (``clip_proj2``, the start and end tags)
+    trained; its (6, 400) input in raw units over the ``span_us`` ending with each window (kept in ``params.json``);
+    BOS, the 32 embeddings, the ``v1`` prompt; saved as a OneLLM folder."""
+
+    def __init__(self, encoder: nn.Module, span_us: int):
+        from .encoders.onellm_imu import LLM_WIDTH
+
+        super().__init__()
+        self.encoder, self.span_us = encoder.requires_grad_(False), span_us
+        for name in LLM_WIDTH:
+            getattr(encoder, name).requires_grad_(True)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            h = self.encoder.resampled(x)
+        return [self.encoder.project(h)]
+
+    def input(self, sample) -> np.ndarray:
+        from .imu.preprocess import onellm_values
+
+        return sample.imu_input(self.encoder.config.window, self.span_us, onellm_values).T.copy()
+
+    def prompt_ids(self, tok: Tokenizer, query: str) -> list[int]:
+        from .models.onellm import prompt_ids
+
+        return prompt_ids(tok, query)
+
+    def check(self, c: LlamaConfig) -> None:
+        from .models.onellm import OneLLMConfig
+
+        try:
+            OneLLMConfig.from_llama(c, self.encoder.config)
+        except ValueError as e:
+            raise ValueError(f"the draft's LLM cannot be saved in OneLLM's layout: {e}") from None
+
+    def save(self, decoder: Decoder, tok: Tokenizer, folder: Path) -> None:
+        from .models.onellm import OneLLM, OneLLMConfig
+
+        c = OneLLMConfig.from_llama(decoder.config, self.encoder.config, self.span_us)
+        OneLLM(decoder, self.encoder, tok, c).save_pretrained(folder)
+
+
 class DraftModel(nn.Module):
     """``LlamaForCausalLM`` on per-item prompts [text | feature block | text | ... | answer]; an IMU draft has an
     :class:`ImuPath` (its feature blocks replace the prompt's placeholders), a text-only one none. ``vocab``: the
@@ -348,7 +395,9 @@ def imu_path(spec: str, hidden: int, cfg: DistillConfig) -> ImuPath:
         return LlasaPath(enc, build_projector("mlp2x_gelu", enc.config.hidden, hidden), cfg.imu_points, cfg.imu_span_us)
     if name == "chronos":
         return _sensorllm_path(spec, hidden, cfg)
-    raise ValueError(f"--imu-encoder {spec}: expected limu-bert[:PT] or chronos:DIR (onellm is not implemented yet)")
+    if name == "onellm":
+        return OneLLMPath(_onellm_imu(spec).fresh_llm_width(hidden), _onellm_span(cfg))
+    raise ValueError(f"--imu-encoder {spec}: expected limu-bert[:PT], chronos:DIR or onellm:PTH")
 
 
 def _chronos(spec: str, folder: Path | None) -> nn.Module:
@@ -402,12 +451,36 @@ def _sensorllm_folder(folder: Path, imu_encoder: str | None, cfg: DistillConfig)
 
 
 def default_encoder(init: Init) -> str:
-    """The IMU encoder when none is given: a SensorLLM folder's own Chronos, else the shipped LIMU-BERT."""
+    """The IMU encoder when none is given: a SensorLLM folder's own Chronos, a OneLLM checkpoint's own IMU path,
+    else the shipped LIMU-BERT."""
     from .families import model_type
+    from .models.onellm import checkpoint_file
 
     folder = Path(init.source)
-    own = init.source != "target" and (folder / "config.json").is_file() and model_type(folder).startswith("sensorllm")
+    if init.source == "target":
+        return "limu-bert"
+    if checkpoint_file(folder) is not None:
+        return "onellm"
+    own = (folder / "config.json").is_file() and model_type(folder).startswith("sensorllm")
     return "chronos" if own else "limu-bert"
+
+
+def _onellm_span(cfg: DistillConfig, init_span_us: int | None = None) -> int:
+    """A OneLLM draft's IMU span: ``--imu-span-us``, else a distilled OneLLM init's, else OneLLM's own 2 s."""
+    from .imu.preprocess import ONELLM_RATE_HZ, ONELLM_WINDOW
+
+    return cfg.imu_span_us or init_span_us or round(1e6 * ONELLM_WINDOW / ONELLM_RATE_HZ)
+
+
+def _onellm_imu(spec: str) -> nn.Module:
+    """``onellm:PTH``: the IMU path of a OneLLM checkpoint (its ``.pth`` or folder)."""
+    from .models.onellm import load_imu_path
+
+    path = spec.partition(":")[2]
+    if not path:
+        raise ValueError(f"--imu-encoder {spec}: imuspec ships no OneLLM weights; expected onellm:PTH, PTH a OneLLM "
+                         "checkpoint (consolidated .pth or its folder) whose IMU path to use")
+    return load_imu_path(path)
 
 
 def _limu_bert(spec: str, points: int) -> nn.Module:
@@ -441,15 +514,25 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
                 cfg: DistillConfig) -> tuple[DraftModel, LlamaConfig]:
     """The trainable draft and its LLaMA config; raises before any work on a bad K or another vocabulary."""
     from .checkpoint import load_decoder, read_json
+    from .models.onellm import OneLLM, checkpoint_file
 
     path, want = None, target_decoder.config.vocab_size
     if init.source == "target":
         dec = _cut(target_decoder, init.layers, f"target:{init.layers}")
+    elif checkpoint_file(Path(init.source)) is not None:
+        m = OneLLM.from_pretrained(init.source, target_folder)  # its tokenizer, else the target's
+        vocab, want = m.decoder.config.vocab_size, target_decoder.config.vocab_size
+        if vocab != want:
+            raise ValueError(f"--draft-init {init.source}: a OneLLM of vocab_size {vocab}, the target's ({target_folder}) "
+                             f"is {want}; distillation needs one vocabulary")
+        dec = _cut(m.decoder, init.layers, f"{init.source}:{init.layers}")
+        if imu_encoder == "onellm":  # its own IMU path
+            path = OneLLMPath(m.encoder, _onellm_span(cfg, m.config.imu_span_us))
     else:
         folder = Path(init.source)
         if not (folder / "config.json").is_file():
             raise ValueError(f"--draft-init {init.source}: no config.json there; expected target:K or a "
-                             "LLaMA/LLaSA/SensorLLM folder")
+                             "LLaMA/LLaSA/SensorLLM folder or a OneLLM checkpoint")
         _check_vocabulary(folder, target_folder, want)
         kind = read_json(folder / "config.json").get("model_type", "llama")
         if kind.startswith("sensorllm"):
@@ -465,6 +548,10 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
         path = imu_path(imu_encoder, dec.config.hidden_size, cfg)
     if path is not None:
         dec = path.vocabulary(dec, Tokenizer(target_folder))
+        try:
+            path.check(dec.config)
+        except ValueError as e:
+            raise ValueError(f"--draft-init {init.source} with --imu-encoder {imu_encoder}: {e}") from None
     c = replace(dec.config, extra={})
     lm = hf_llama(c)
     lm.load_state_dict({k: v.float() for k, v in dec.state_dict().items()}, strict=False)
@@ -870,10 +957,12 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
                    "manifests, world:N; none for a text-only target (each query a moment)")
     p.add_argument("--queries", required=True, help="one question a line (or JSONL with 'query'); every moment is asked each")
     p.add_argument("--draft-init", required=True, help="target:K (the target's first K layers), or DIR[:K] (a LLaMA, "
-                   "LLaSA or SensorLLM folder: the target's vocabulary, or it with tokens appended)")
+                   "LLaSA or SensorLLM folder: the target's vocabulary, or it with tokens appended; a OneLLM "
+                   "consolidated .pth or its folder)")
     p.add_argument("--imu-encoder", help="limu-bert (the shipped one; the default), limu-bert:PT (a LIMU-BERT state "
-                   "dict): a LLaSA draft; chronos:DIR (a Chronos folder, frozen): a SensorLLM draft (default for a "
-                   "SensorLLM folder: the Chronos its config.json records)")
+                   "dict): a LLaSA draft; chronos:DIR (a Chronos folder, frozen): a SensorLLM draft; onellm:PTH (the "
+                   "IMU path of a OneLLM checkpoint): a OneLLM draft. Default for a SensorLLM folder: the Chronos its "
+                   "config.json records; for a OneLLM checkpoint: its own IMU path")
     p.add_argument("--no-imu", action="store_true", help="the text-only twin of the same initialisation")
     d = DistillConfig()
     p.add_argument("--window-us", type=positive, default=d.window_us, help="a moment's event window (µs)")
@@ -889,8 +978,8 @@ def add_distill_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imu-points", type=positive, default=d.imu_points, help="IMU positions over the span: LIMU-BERT's, or "
                    "each channel's Chronos series (a SensorLLM prompt holds 6 × (N + 1) of them)")
     p.add_argument("--imu-span-us", type=positive, help="the draft's IMU span (µs) ending with each window, at least the "
-                   "window (default: the window); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 --imu-points 120. "
-                   "Where a recording began later, the span from its start")
+                   "window (default: the window; OneLLM: its 2 s); LIMU-BERT's pretrained 6 s: --imu-span-us 6000000 "
+                   "--imu-points 120. Where a recording began later, the span from its start")
     p.add_argument("--shard-size", type=positive, default=d.shard_size, help="teacher items per shard file")
     p.add_argument("--teacher-batch", type=positive, default=d.teacher_batch, help="items the target answers at once "
                    "(batched greedy decoding within a shard; the same answers as one at a time)")

@@ -191,8 +191,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     set_threads(a.threads, n_weights(target.decoder))
     cfg = GenerationConfig(a.max_new_tokens, a.gamma, seed=a.seed, eos_token_ids=tuple(target.decoder.config.eos_ids),
                            tree=a.tree)
-    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, dtype=dtype, device=dev,
-                                layers=a.draft_layers)}
+    drafts = {"imu": open_draft(a.draft, None, target.tokenizer, imu_encoder=a.imu_encoder, tokenizer_folder=a.target,
+                                dtype=dtype, device=dev, layers=a.draft_layers)}
     if a.text_draft:
         drafts["text"] = open_draft(a.text_draft, "vicuna_v1", target.tokenizer, dtype=dtype, device=dev)
     pairs = {name: drafter(f.decoder, f.tokenizer, target.decoder, target.tokenizer) for name, f in drafts.items()}

@@ -9,7 +9,8 @@ memory), as ``imuspec generate`` needs.
 IMU drafts and time windows: the project's trained LLaSA-family drafts (``config.json`` has ``limu_bert``) read a
 paired sample's window (or the ``imu_span_us`` of ``config.json`` that end with it) as ``imu_encoder.config.seq_len``
 points (:meth:`PairedSample.imu_input`), its distilled SensorLLM drafts as ``imu_points`` (per channel, Chronos from
-the ``pt_encoder_backbone_ckpt`` they record); the original
+the ``pt_encoder_backbone_ckpt`` they record), distilled OneLLM drafts (``params.json`` has ``imu_span_us``) the span
+ending with it as their 400 positions, in OneLLM's units; the original
 LLaSA, OneLLM and SensorLLM checkpoints read their usual input (LLaSA 6 s, OneLLM 2 s, SensorLLM the recording)
 starting at the window's start, which fails if the recording is too short for them.
 """
@@ -26,11 +27,11 @@ import torch
 from torch import Tensor
 
 from .checkpoint import load_decoder, read_json
-from .imu.preprocess import span_input, starting_at
+from .imu.preprocess import limu_bert_normalize, onellm_values, span_input, starting_at
 from .imu.recording import IMURecording
 from .model import Decoder
 from .paired import PairedSample
-from .templates import Tokenizer
+from .templates import Tokenizer, has_tokenizer
 
 
 @dataclass
@@ -61,8 +62,7 @@ def model_type(folder: str | Path) -> str:
 
 def _text(folder: Path, template: str | None, dtype, device, tokenizer: Tokenizer | None = None) -> Family:
     """A LLaMA folder prompted with text only (its own tokenizer, else ``tokenizer``)."""
-    has_tokenizer = any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model"))
-    tok = Tokenizer(folder) if has_tokenizer or tokenizer is None else tokenizer
+    tok = Tokenizer(folder) if has_tokenizer(folder) or tokenizer is None else tokenizer
     embed = lambda q, _=None: torch.tensor(tok.prompt_ids(q, template), device=device)  # noqa: E731
     return Family(load_decoder(folder, dtype, device), tok, embed, "llama")
 
@@ -104,7 +104,9 @@ def load_target(folder: str | Path, query: str, template: str | None = None, eve
 
 
 def draft_kind(folder: Path) -> str:
-    return "onellm" if folder.suffix == ".pth" else model_type(folder)
+    from .models.onellm import checkpoint_file
+
+    return "onellm" if checkpoint_file(folder) else model_type(folder)
 
 
 def is_imu_draft(kind: str) -> bool:
@@ -116,18 +118,19 @@ def _from_start(x: IMURecording | PairedSample) -> IMURecording:
     return starting_at(x.imu, x.t0_us * 1e-6) if isinstance(x, PairedSample) else x
 
 
-def _span(x: IMURecording | PairedSample, n: int, span_us: int | None = None) -> np.ndarray:
+def _span(x: IMURecording | PairedSample, n: int, span_us: int | None = None, values=limu_bert_normalize) -> np.ndarray:
     """What a trained draft reads: the window, or the ``span_us`` ending with it (a whole recording: its span, or
-    its last ``span_us``), as ``n`` points."""
+    its last ``span_us``), as ``n`` points in ``values``' units."""
     if isinstance(x, PairedSample):
-        return x.imu_input(n, span_us)
-    return span_input(x, x.t[0] if span_us is None else max(x.t[0], x.t[-1] - span_us * 1e-6), x.t[-1], n)
+        return x.imu_input(n, span_us, values)
+    return span_input(x, x.t[0] if span_us is None else max(x.t[0], x.t[-1] - span_us * 1e-6), x.t[-1], n, values)
 
 
 def open_draft(folder: str | Path, template: str | None, tokenizer: Tokenizer, imu_encoder: str | Path | None = None,
                chronos: str | Path | None = None, tokenizer_folder: str | Path | None = None, dtype=torch.float32,
                device="cpu", layers: int | None = None) -> Family:
-    """An IMU draft (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth``) whose input is an
+    """An IMU draft (LLaSA, SensorLLM: a folder; OneLLM: its ``consolidated.*.pth`` or the folder holding it, its
+    tokenizer there or ``tokenizer_folder``'s) whose input is an
     :class:`IMURecording` or a :class:`PairedSample`, or a text-only LLaMA draft, which borrows the target's
     ``tokenizer`` when it has none (the vocabulary must be shared); ``layers`` keeps its LLM's first K layers."""
     family = _open_draft(Path(folder), template, tokenizer, imu_encoder, chronos, tokenizer_folder, dtype, device)
@@ -149,7 +152,9 @@ def _open_draft(folder: Path, template, tokenizer, imu_encoder, chronos, tokeniz
         from .models.onellm import OneLLM
 
         m = OneLLM.from_pretrained(folder, tokenizer_folder, dtype=dtype, device=device)
-        return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, _from_start(x)), kind)
+        n, span = m.encoder.config.window, m.config.imu_span_us  # a distilled draft has imu_span_us
+        read = _from_start if span is None else lambda x: torch.from_numpy(_span(x, n, span, onellm_values).T.copy())
+        return Family(m.decoder, m.tokenizer, lambda q, x: m.prompt_embeds(q, read(x)), kind)
     if kind.startswith("sensorllm"):
         from .models.sensorllm import SensorLLM, backbone
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .events.stream import EventError, EventStream
-from .imu.preprocess import check_span, span_input
+from .imu.preprocess import check_span, limu_bert_normalize, span_input
 from .imu.recording import IMUError, IMURecording
 
 
@@ -39,13 +39,13 @@ class PairedSample:
     text: str | None = None
     meta: dict = field(default_factory=dict)
 
-    def imu_input(self, n: int, span_us: int | None = None) -> np.ndarray:
-        """The draft's IMU input: [n, 6] in LIMU-BERT units over the sample's span, or over the ``span_us`` that end
-        with it (a longer IMU context for a short event window), from the recording's start where it began later:
-        the ``n`` positions follow the span there is."""
+    def imu_input(self, n: int, span_us: int | None = None, values=limu_bert_normalize) -> np.ndarray:
+        """The draft's IMU input: [n, 6] in LIMU-BERT units (or ``values``', :func:`~imuspec.imu.preprocess.span_input`)
+        over the sample's span, or over the ``span_us`` that end with it (a longer IMU context for a short event
+        window), from the recording's start where it began later: the ``n`` positions follow the span there is."""
         t1 = self.t1_us * 1e-6
         t0 = self.t0_us * 1e-6 if span_us is None else max(t1 - span_us * 1e-6, float(self.imu.t[0]))
-        return span_input(self.imu, t0, t1, n)
+        return span_input(self.imu, t0, t1, n, values)
 
 
 def _span_us(imu: IMURecording) -> tuple[int, int]:

@@ -109,6 +109,11 @@ def check_template(name: str | None) -> None:
         raise KeyError(f"unknown template {name!r}; known templates: {', '.join(sorted([*TEMPLATES, CHAT, PLAIN]))}")
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a tokenizer :class:`Tokenizer` reads."""
+    return any((Path(folder) / n).exists() for n in ("tokenizer.json", "tokenizer.model"))
+
+
 class Tokenizer:
     """A checkpoint's tokenizer (``tokenizer.json`` or sentencepiece ``tokenizer.model``); BOS as it adds it.
 
@@ -122,7 +127,7 @@ class Tokenizer:
         from transformers.utils import logging as hf_logging
 
         folder = Path(folder)
-        if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
+        if not has_tokenizer(folder):
             raise FileNotFoundError(f"{folder}: no tokenizer.json or tokenizer.model")
         level = hf_logging.get_verbosity()  # it reads config.json and warns about a multimodal model_type it does not know
         hf_logging.set_verbosity_error()

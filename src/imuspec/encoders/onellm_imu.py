@@ -11,7 +11,7 @@ Parameter names are the checkpoint's without ``llma.`` and the ``.imu`` modality
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,11 @@ class OneLLMIMUEncoder(nn.Module):
         self.end_tag = nn.Parameter(torch.zeros(1, 1, c.out_dim))
 
     def forward(self, imu: Tensor) -> Tensor:
+        return self.project(self.resampled(imu))
+
+    def resampled(self, imu: Tensor) -> Tensor:
+        """(B, 6, window) → the router's mix of the experts' first n_resample tokens (B, n_resample, width): the
+        part of the path whose sizes are its own (the rest, :meth:`project`, has the LLM's width)."""
         c, visual = self.config, self.clip.visual
         if imu.ndim != 3 or imu.shape[1:] != (6, c.window):
             raise ValueError(f"OneLLM IMU input: expected shape (B, 6, {c.window}), got {tuple(imu.shape)}")
@@ -180,8 +185,25 @@ class OneLLMIMUEncoder(nn.Module):
             for block in expert:
                 h = block(h)
             out = out + h[:, : c.n_resample] * weights[..., e, None]
-        return torch.cat([self.start_tag.expand(b, -1, -1), self.clip_proj2(out), self.end_tag.expand(b, -1, -1)], 1)
+        return out
 
+    def project(self, x: Tensor) -> Tensor:
+        """(B, n_resample, width) → (B, n_resample + 2, out_dim): ``clip_proj2`` between the start and end tags."""
+        b = x.shape[0]
+        return torch.cat([self.start_tag.expand(b, -1, -1), self.clip_proj2(x), self.end_tag.expand(b, -1, -1)], 1)
+
+    def fresh_llm_width(self, out_dim: int) -> OneLLMIMUEncoder:
+        """This path for an LLM of width ``out_dim``: :data:`LLM_WIDTH` made anew as OneLLM initialises them
+        (``nn.Linear``'s default, LayerNorm 1/0, tags uniform in [0, 1)); the rest kept. In place; returns self."""
+        self.config = replace(self.config, out_dim=out_dim)
+        self.clip_proj2 = nn.Sequential(nn.Linear(self.config.width, out_dim), nn.LayerNorm(out_dim))
+        self.start_tag = nn.Parameter(torch.rand(1, 1, out_dim))
+        self.end_tag = nn.Parameter(torch.rand(1, 1, out_dim))
+        return self
+
+
+# the parts whose size is the LLM's: what a draft on another LLM trains (the rest stays frozen)
+LLM_WIDTH = ("clip_proj2", "start_tag", "end_tag")
 
 # top-level names that OneLLM keeps per modality (``llma.<name>.imu``); the others are shared by all modalities
 _PER_MODALITY = {"conv1", "positional_embedding", "clip_proj1", "resample_tokens", "routers", "clip_proj2", "start_tag",

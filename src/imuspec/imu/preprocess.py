@@ -88,11 +88,17 @@ def limu_bert_input(rec: IMURecording, start: int = 0) -> np.ndarray:
     return limu_bert_normalize(_window(rec, LIMU_RATE_HZ, LIMU_SEQ_LEN, start, "LIMU-BERT"))
 
 
+def onellm_values(rec: IMURecording) -> np.ndarray:
+    """[N, 6] float32 as OneLLM reads it: accelerometer in m/s^2, gyroscope in rad/s, not normalised (Ego4D's raw
+    units, as OneLLM trained on them)."""
+    r = rec.to_units("m/s^2", "rad/s")
+    return np.concatenate([r.accel, r.gyro], axis=1).astype(np.float32)
+
+
 def onellm_input(rec: IMURecording, start: int = 0) -> np.ndarray:
-    """One OneLLM window (6, 400), channels first: 2 s at 200 Hz from resampled sample ``start``, accelerometer in
-    m/s^2 and gyroscope in rad/s, not normalised (Ego4D's raw units, as OneLLM trained on them)."""
-    r = _window(rec.to_units("m/s^2", "rad/s"), ONELLM_RATE_HZ, ONELLM_WINDOW, start, "OneLLM")
-    return np.concatenate([r.accel, r.gyro], axis=1).T.astype(np.float32)
+    """One OneLLM window (6, 400), channels first: 2 s at 200 Hz from resampled sample ``start``, in
+    :func:`onellm_values`' units."""
+    return onellm_values(_window(rec, ONELLM_RATE_HZ, ONELLM_WINDOW, start, "OneLLM")).T
 
 
 def check_span(rec: IMURecording, t0_s: float, t1_s: float) -> None:
@@ -112,14 +118,15 @@ def check_span(rec: IMURecording, t0_s: float, t1_s: float) -> None:
                        f"the window; expected samples every {1e3 / rec.rate_hz:.2f} ms")
 
 
-def span_input(rec: IMURecording, t0_s: float, t1_s: float, n: int) -> np.ndarray:
-    """[n, 6] float32 in LIMU-BERT's units (:func:`limu_bert_normalize`) at ``n`` evenly spaced instants covering
-    [t0_s, t1_s) (bin centres), linearly interpolated: a fixed-size input for a window of any IMU rate, as the
-    project's trained drafts take a short window paired with events. The recording must cover the span."""
+def span_input(rec: IMURecording, t0_s: float, t1_s: float, n: int, values=limu_bert_normalize) -> np.ndarray:
+    """[n, 6] float32 in ``values``' units (LIMU-BERT's, :func:`limu_bert_normalize`; OneLLM's, :func:`onellm_values`)
+    at ``n`` evenly spaced instants covering [t0_s, t1_s) (bin centres), linearly interpolated: a fixed-size input
+    for a window of any IMU rate, as the project's trained drafts take a short window paired with events. The
+    recording must cover the span."""
     if n < 1:
         raise IMUError(f"{rec.source}: {n} points for span [{t0_s}, {t1_s}) s; expected n >= 1")
     check_span(rec, t0_s, t1_s)
-    x = limu_bert_normalize(rec)
+    x = values(rec)
     at = t0_s + (np.arange(n) + 0.5) * (t1_s - t0_s) / n
     return np.stack([np.interp(at, rec.t, x[:, c]) for c in range(x.shape[1])], 1).astype(np.float32)
 

@@ -28,7 +28,7 @@ from ..imu.preprocess import limu_bert_input
 from ..imu.recording import IMURecording
 from ..model import Decoder, LlamaConfig
 from ..multimodal import splice, tokenize_with_placeholder
-from ..templates import Tokenizer, get_template
+from ..templates import Tokenizer, get_template, has_tokenizer
 
 PROJECTOR = "model.mm_projector."
 TOWER = "model.vision_tower.vision_tower.0."
@@ -139,7 +139,7 @@ class LLaSA(nn.Module):
                                   "pretraining state dict (LLaSA loads its encoder from such a file)")
         rest = {k: v for k, v in sd.items() if not k.startswith((PROJECTOR, "model.vision_tower."))}
         decoder = build_decoder(cfg, rest, str(folder), dtype, device)
-        tok_dir = next((d for d in (folder, base) if d and any((Path(d) / n).exists() for n in ("tokenizer.json", "tokenizer.model"))), None)
+        tok_dir = next((d for d in (folder, base) if d and has_tokenizer(d)), None)
         tokenizer = Tokenizer(tok_dir) if tok_dir else None
         return cls(decoder, projector.to(device, dtype), encoder.to(device).eval(), tokenizer).eval()
 
