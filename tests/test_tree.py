@@ -164,6 +164,18 @@ def test_planner_falls_back_when_nothing_is_accepted_and_probes_now_and_then():
     assert p.fallback == {"alpha": 0.0, "c": pytest.approx(0.5)}
 
 
+def test_planner_ignores_the_times_of_a_step_that_compiled():
+    """On a GPU a step of a new shape first compiles (seconds): timed, it would make drafting look 1000x dearer and
+    the planner would fall back for good; untimed, only its acceptance counts. Timed, the same step does harm."""
+    for timed, falls_back in ((False, False), (True, True)):
+        p = _planner(probe_every=32)
+        _step(p, True, 1e-4)  # the first (cheap) step measures the draft's cost
+        shape = p.next_shape()
+        p.update(shape, shape.depth, shape.depth, shape.nodes, 15.0, 15.0, timed)  # a 15 s compile
+        shapes = [_step(p, True, 1e-4) for _ in range(10)]
+        assert (shapes.count(None) > 5) == falls_back, timed
+
+
 def test_planner_drafts_deep_when_everything_is_accepted():
     p = _planner(probe_every=32)
     shapes = [_step(p, True, 1e-4) for _ in range(20)]

@@ -123,7 +123,7 @@ class FixedPlan:
     def next_shape(self) -> TreeShape:
         return self.shape
 
-    def update(self, shape, depth, accepted, nodes, draft_s, verify_s) -> None:
+    def update(self, shape, depth, accepted, nodes, draft_s, verify_s, timed=True) -> None:
         pass
 
 
@@ -192,16 +192,21 @@ class Planner:
         return None
 
     def update(self, shape: TreeShape | None, depth: int, accepted: int, nodes: int, draft_s: float,
-               verify_s: float) -> None:
-        """Record one step: its shape (None: target alone), drafted and accepted depth, nodes and phase times."""
+               verify_s: float, timed: bool = True) -> None:
+        """Record one step: its shape (None: target alone), drafted and accepted depth, nodes and phase times;
+        ``timed=False``: its times count nothing (the step compiled a new graph: on a GPU 15 s, not 5 ms)."""
         a = self.smooth
-        self._scale = a * self._scale + (1 - a) * verify_s / self._profiled(nodes + 1)
+        if timed:
+            self._scale = a * self._scale + (1 - a) * verify_s / self._profiled(nodes + 1)
         if shape is None:
             return
         self._idle = 0
         w = shape.width
         per = draft_s / max(depth, 1)
-        self._draft_s[w] = a * self._draft_s[w] + (1 - a) * per if w in self._draft_s else per
+        if w not in self._draft_s:  # a first draft time is needed to plan at all
+            self._draft_s[w] = per
+        elif timed:  # falls at once, rises smoothly: one slow step (a stall) must not stop drafting for good
+            self._draft_s[w] = min(per, a * self._draft_s[w] + (1 - a) * per)
         self._depth[shape] = a * self._depth[shape] + (1 - a) * accepted if shape in self._depth else accepted
         h = self._hits.setdefault(w, [])
         for d in range(min(depth, accepted + 1)):  # reached depth d + 1; accepted there unless d == accepted

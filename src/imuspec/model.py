@@ -389,6 +389,11 @@ class Decoder(nn.Module):
         torch.compiler.cudagraph_mark_step_begin()
         return self._compiled[key](ids=ids, positions=positions, tree_mask=tree_mask)
 
+    @property
+    def compiled_steps(self) -> int:
+        """How many step shapes have been compiled (a step that adds one spent its time compiling)."""
+        return len(self._compiled or ())
+
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.embed_tokens(ids)
 

@@ -333,6 +333,7 @@ def generate_batch(
                 d_len = d_len[idx] if draft is not None else None
 
             shape = planner.next_shape() if planner is not None else None
+            compiled = sum(m.compiled_steps for m in models)
             t0 = time.perf_counter()
             if shape is None:  # the target alone (no draft, or drafting does not pay now)
                 with clock("target"):
@@ -379,8 +380,9 @@ def generate_batch(
             target.rollback(t_len)
             if planner is not None:
                 t_verify = time.perf_counter() - t0 - t_draft
+                timed = sum(m.compiled_steps for m in models) == compiled  # else its times are a compile's
                 for n_row, depth, nodes in steps:
-                    planner.update(shape, depth, n_row, nodes, t_draft, t_verify)
+                    planner.update(shape, depth, n_row, nodes, t_draft, t_verify, timed)
 
     for m, rows_before in zip(models, entry):
         if m.batch != rows_before:
