@@ -36,15 +36,16 @@ def baseline(rev: str, folder: str):
     return importlib.import_module("imuspec_base")
 
 
-def draft_after_prompt(pkg):
-    """The shipped IMU draft with the demo's prompt prefilled: (decoder, prompt length, first pending token [1, 1])."""
+def draft_after_prompt(pkg, room: int = 16):
+    """The shipped IMU draft with the demo's prompt prefilled, ``room`` cache slots after it: (decoder, prompt
+    length, first pending token [1, 1])."""
     from imuspec.world import QUERY, make_sample
 
     fam = importlib.import_module(f"{pkg.__name__}.families")
     target = fam.open_target(pkg.demo.WEIGHTS / "target")
     draft = fam.open_draft(pkg.demo.WEIGHTS / "imu_draft", None, target.tokenizer)
     prompt = draft.embed(QUERY, make_sample(pkg.demo.DEMO_SEED))
-    draft.decoder.setup_cache(len(prompt) + 16)
+    draft.decoder.setup_cache(len(prompt) + room)
     with torch.inference_mode():
         draft.decoder(embeds=prompt[None])
     return draft.decoder, len(prompt), torch.tensor([[5]])

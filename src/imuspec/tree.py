@@ -88,6 +88,7 @@ def _rows(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx.view(*idx.shape, *[1] * (x.ndim - 2)).expand(*idx.shape, *x.shape[2:]))
 
 
+@torch.no_grad()  # drafting is never differentiated, and the growth writes its results in place (out=)
 def grow(draft: Decoder, pending: Tensor, start: int | Tensor, shape: TreeShape, s: Sampling,
          gen: Generators, n_pending: Tensor | None = None) -> Tree:
     """Draft trees after the committed tokens ``pending`` [B, P] (the last real one is each root), the draft's cache
@@ -146,54 +147,91 @@ def _grow_chain(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, 
                 torch.ones_like(last).expand(b, n), q, slot if stopped else torch.where(last, -1, slot), n - 1)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where each depth's nodes go: the same in every row and every step of a shape, so it is made once per (shape,
+    device) and the growth writes into fixed slices instead of building index tensors per depth."""
+
+    blocks: tuple[tuple[int, int], ...]  # depth d's node ids are blocks[d - 1] = [lo, hi)
+    depth: Tensor  # [cap] each node's depth
+    eye: Tensor  # [cap, cap] bool: each node is its own ancestor
+    steps: Tensor  # [1 + (depth - 1) * width] 0, 1, 2, ...: draft slots after the root, RoPE offsets
+
+    @property
+    def cap(self) -> int:
+        return self.blocks[-1][1]
+
+
+_LAYOUTS: dict[tuple[int, int, str], _Layout] = {}
+
+
+def _layout(shape: TreeShape, device: torch.device) -> _Layout:
+    key = (shape.depth, shape.width, str(device))
+    if key not in _LAYOUTS:
+        k, blocks, lo = shape.width, [], 1
+        for d in range(1, shape.depth + 1):
+            blocks.append((lo, lo + k ** min(d, 2)))  # the root's k children, then k children of each of k nodes
+            lo = blocks[-1][1]
+        depth = torch.zeros(lo, dtype=torch.long)
+        for d, (a, z) in enumerate(blocks, 1):
+            depth[a:z] = d
+        _LAYOUTS[key] = _Layout(tuple(blocks), depth.to(device), torch.eye(lo, dtype=torch.bool, device=device),
+                                torch.arange(max(shape.depth + 1, 1 + (shape.depth - 1) * k), device=device))
+    return _LAYOUTS[key]
+
+
 def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, shape: TreeShape, s: Sampling,
                gen: Generators) -> Tree:
-    """EAGLE-2 growing (see the module's docstring); ``logits`` [B, 1, V] the draft's at the roots ``root`` [B, 1]."""
+    """EAGLE-2 growing (see the module's docstring); ``logits`` [B, 1, V] the draft's at the roots ``root`` [B, 1].
+
+    Depth d's nodes are one block of ids (:class:`_Layout`): the children of the f-th frontier node are its k ids
+    starting at lo + f k, in sibling order. ``order`` lists the expanded nodes (the root, then each frontier) in
+    draft-slot order; each depth's frontier is a slice of it. A depth is a fixed dozen of kernels and no host read
+    (bar a confidence stop), so that on a GPU a depth costs about what the draft's forward does."""
     dev, k, b = root.device, shape.width, root.shape[0]
-    cap = 1 + k + (shape.depth - 1) * k * k
-    tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
+    lay = _layout(shape, dev)
+    tokens = torch.zeros(b, lay.cap, dtype=torch.long, device=dev)
     tokens[:, :1] = root
-    parents = torch.full((b, cap), -1, dtype=torch.long, device=dev)
-    depth = torch.zeros(cap, dtype=torch.long, device=dev)  # the same in every row: each depth is one block of ids
-    score = torch.zeros(b, cap, device=dev)  # log path probability
-    anc = torch.eye(cap, dtype=torch.bool, device=dev).repeat(b, 1, 1)
-    slot = torch.full((b, cap), -1, dtype=torch.long, device=dev)
-    slot[:, 0] = root_pos
-    q_rows = None if s.greedy else []  # (node ids [B, F], their distributions [B, F, V]) of expanded nodes
-    expanded = torch.zeros(b, 0, dtype=torch.long, device=dev)  # non-root expanded nodes, in draft-slot order
-    frontier, n, grown = torch.zeros(b, 1, dtype=torch.long, device=dev), 1, 0
-    for d in range(1, shape.depth + 1):
-        q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()
-        if q_rows is not None:
-            q_rows.append((frontier, q.exp()))
+    parents = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev)
+    score = torch.zeros(b, lay.cap, device=dev)  # log path probability
+    anc = lay.eye.expand(b, -1, -1).clone()
+    order = torch.zeros(b, len(lay.steps), dtype=torch.long, device=dev)  # node 0, the root, is expanded first
+    pos = root_pos[:, None] + lay.steps  # [B, len(steps)] the draft slots in expansion order, and RoPE positions
+    q_exp = None if s.greedy else torch.empty(b, len(lay.steps), logits.shape[-1], device=dev)  # their q, sampling
+    # the frontier: its ids, their score and ancestor rows; f expanded before it
+    frontier, f_score, f_anc, e, grown = order[:, :1], score.new_zeros(b, 1), lay.eye[:1].expand(b, -1, -1), 0, 0
+    for d, (lo, hi) in enumerate(lay.blocks, 1):
+        f = frontier.shape[1]
+        q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()  # [B, F, V]
+        if q_exp is not None:
+            torch.exp(q, out=q_exp[:, e:e + f])
+        e += f
         if _unsure(q, shape, d):
             break
         child = _key(q, s, gen).topk(k, dim=-1).indices  # [B, F, k] in sibling order
-        ids = torch.arange(n, n + child[0].numel(), device=dev)
-        par = frontier.repeat_interleave(k, dim=1)
-        tokens[:, ids], parents[:, ids], depth[ids] = child.flatten(1), par, d
-        score[:, ids] = (score.gather(1, frontier)[:, :, None] + q.gather(-1, child)).flatten(1)
-        anc[:, ids] |= _rows(anc, par)
-        n, grown = n + len(ids), d
-        if d == shape.depth or (not s.greedy and n - 1 >= shape.budget):  # greedy grows on, then reranks
+        tokens[:, lo:hi].view(b, f, k).copy_(child)
+        parents[:, lo:hi].view(b, f, k).copy_(frontier[:, :, None].expand(-1, -1, k))
+        torch.add(f_score[:, :, None], q.gather(-1, child), out=score[:, lo:hi].view(b, f, k))
+        anc[:, lo:hi].view(b, f, k, -1).logical_or_(f_anc[:, :, None])  # a child's ancestors are its parent's too
+        grown = d
+        if d == shape.depth or (not s.greedy and hi - 1 >= shape.budget):  # greedy grows on, then reranks
             break
         # the best `width` of this depth, best first (a sampled tree cut at its budget keeps the best one's children)
-        frontier = ids[score[:, ids].topk(min(k, len(ids)), dim=1).indices]
-        f = frontier.shape[1]
-        slot.scatter_(1, frontier, root_pos[:, None] + 1 + expanded.shape[1] + torch.arange(f, device=dev))
-        expanded = torch.cat([expanded, frontier], dim=1)
-        mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))  # [B, F, expanded]
-        logits = draft.step(tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
-                            tree_mask=mask)
+        f_score, best = score[:, lo:hi].topk(k, dim=1)
+        frontier = order[:, e:e + k]
+        torch.add(best, lo, out=frontier)
+        f_anc = _rows(anc, frontier)  # [B, k, cap]
+        mask = f_anc.gather(2, order[:, None, 1:e + k].expand(-1, k, -1))  # [B, k, expanded]: the draft's tree mask
+        logits = draft.step(tokens.gather(1, frontier), positions=pos[:, d:d + 1].expand(-1, k), tree_mask=mask)
 
-    keep = _select(score[:, 1:n], shape.budget, s.greedy) + 1
-    keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), keep], dim=1)
+    n = lay.blocks[grown - 1][1]  # a confidence stop comes after depth 1
+    slot = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev).scatter_(1, order[:, :e], pos[:, :e])
     q_all = None
-    if q_rows is not None:
-        q_all = torch.zeros(b, cap, logits.shape[-1], device=dev)
-        for nodes, dist in q_rows:
-            q_all.scatter_(1, nodes[:, :, None].expand_as(dist), dist)
-    return _subtree(keep, tokens, parents, depth.expand(b, -1), anc, score, slot, q_all, k, grown)
+    if q_exp is not None:
+        q_all = torch.zeros(b, lay.cap, logits.shape[-1], device=dev).scatter_(
+            1, order[:, :e, None].expand(-1, -1, q_exp.shape[-1]), q_exp[:, :e])
+    return _subtree(_select(score[:, :n], shape.budget + 1, s.greedy), tokens, parents, lay.depth.expand(b, -1), anc,
+                    score, slot, q_all, k, grown)
 
 
 def chain(root: Tensor, d: Tensor, q: Tensor | None) -> Tree:
