@@ -211,3 +211,110 @@ def test_chain_fast_path_equals_the_tree_path(shape, sampling, monkeypatch):
     for f in ("tokens", "parents", "depth", "ancestors", "children", "valid", "q", "draft_slot"):
         a, b = getattr(fast, f), getattr(slow, f)
         assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), f
+
+
+def _reference_grow_tree(draft, root, root_pos, logits, shape, s, gen):
+    """The oracle: EAGLE-2 growing as first written (before the fixed layout of commit 'tree: grow a tree into fixed
+    per-depth slices'), index tensors built per depth; the fast growth must give the same trees bit for bit."""
+    from imuspec.tree import _key, _rows, _unsure, probs
+    dev, k, b = root.device, shape.width, root.shape[0]
+    cap = 1 + k + (shape.depth - 1) * k * k
+    tokens = torch.zeros(b, cap, dtype=torch.long, device=dev)
+    tokens[:, :1] = root
+    parents = torch.full((b, cap), -1, dtype=torch.long, device=dev)
+    depth = torch.zeros(cap, dtype=torch.long, device=dev)
+    score = torch.zeros(b, cap, device=dev)
+    anc = torch.eye(cap, dtype=torch.bool, device=dev).repeat(b, 1, 1)
+    slot = torch.full((b, cap), -1, dtype=torch.long, device=dev)
+    slot[:, 0] = root_pos
+    q_rows = None if s.greedy else []
+    expanded = torch.zeros(b, 0, dtype=torch.long, device=dev)
+    frontier, n, grown = torch.zeros(b, 1, dtype=torch.long, device=dev), 1, 0
+    for d in range(1, shape.depth + 1):
+        q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()
+        if q_rows is not None:
+            q_rows.append((frontier, q.exp()))
+        if _unsure(q, shape, d):
+            break
+        child = _key(q, s, gen).topk(k, dim=-1).indices
+        ids = torch.arange(n, n + child[0].numel(), device=dev)
+        par = frontier.repeat_interleave(k, dim=1)
+        tokens[:, ids], parents[:, ids], depth[ids] = child.flatten(1), par, d
+        score[:, ids] = (score.gather(1, frontier)[:, :, None] + q.gather(-1, child)).flatten(1)
+        anc[:, ids] |= _rows(anc, par)
+        n, grown = n + len(ids), d
+        if d == shape.depth or (not s.greedy and n - 1 >= shape.budget):
+            break
+        frontier = ids[score[:, ids].topk(min(k, len(ids)), dim=1).indices]
+        f = frontier.shape[1]
+        slot.scatter_(1, frontier, root_pos[:, None] + 1 + expanded.shape[1] + torch.arange(f, device=dev))
+        expanded = torch.cat([expanded, frontier], dim=1)
+        mask = _rows(anc, frontier).gather(2, expanded[:, None, :].expand(-1, f, -1))
+        logits = draft.step(tokens.gather(1, frontier), positions=(root_pos + d)[:, None].expand(-1, f),
+                            tree_mask=mask)
+    m = n - 1
+    if m <= shape.budget or not s.greedy:
+        keep = torch.arange(min(m, shape.budget), device=dev).expand(b, -1)
+    else:
+        keep = score[:, 1:n].sort(dim=1, descending=True, stable=True).indices[:, :shape.budget].sort(dim=1).values
+    keep = torch.cat([torch.zeros(b, 1, dtype=torch.long, device=dev), keep + 1], dim=1)
+    q_all = None
+    if q_rows is not None:
+        q_all = torch.zeros(b, cap, logits.shape[-1], device=dev)
+        for nodes, dist in q_rows:
+            q_all.scatter_(1, nodes[:, :, None].expand_as(dist), dist)
+    b, n = keep.shape
+    idx = torch.arange(n, device=dev)
+    new_id = torch.full(tokens.shape, -1, dtype=torch.long, device=dev).scatter_(1, keep, idx.expand(b, -1))
+    par = parents.gather(1, keep)
+    par = torch.where(par >= 0, new_id.gather(1, par.clamp_min(0)), par)
+    rank = ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).sum(-1)
+    children = torch.full((b, (n + 1) * k), -1, dtype=torch.long, device=dev)
+    children.scatter_(1, torch.where(par >= 0, par, n) * k + rank, idx.expand(b, -1))
+    return imuspec.tree.Tree(tokens.gather(1, keep), par, depth.expand(b, -1).gather(1, keep),
+                             _rows(anc, keep).gather(2, keep[:, None].expand(-1, n, -1)),
+                             children.view(b, n + 1, k)[:, :n], score.gather(1, keep) > float("-inf"),
+                             None if q_all is None else _rows(q_all, keep), slot.gather(1, keep), grown)
+
+
+GROWN = [TreeShape(8, 4, 2), TreeShape(9, 3, 3), TreeShape(6, 8, 2), TreeShape(16, 8, 4), TreeShape(5, 2, 2),
+         TreeShape(40, 3, 3), TreeShape(64, 8, 4), TreeShape(12, 6, 2, 0.8)]
+
+
+@pytest.mark.parametrize("shape", GROWN, ids=lambda s: f"b{s.budget}d{s.depth}w{s.width}c{s.confidence}")
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0), Sampling(0.7, 20, 0.9)],
+                         ids=["greedy", "t1", "topkp"])
+def test_tree_growth_equals_the_reference_bit_for_bit(shape, sampling, monkeypatch):
+    """The fast growth (fixed layout, in-place writes) and the reference give the same trees, draws, draft caches and
+    generator states (and the same strides: compiled steps guard on them), on a batch of rows with 1 or 2 pending tokens each, each with its own generator."""
+    _, draft = partly_agreeing()
+
+    def run():
+        draft.setup_cache(160, 3)
+        with torch.inference_mode():
+            draft(ids=torch.stack([PROMPT, PROMPT.roll(1), PROMPT.roll(2)]))
+            start = torch.tensor([9, 7, 8])
+            draft.rollback(start)
+            gens = [torch.Generator().manual_seed(i) for i in range(3)]
+            tree = grow(draft, torch.tensor([[5, 3], [7, 0], [11, 4]]), start, shape, sampling, gens,
+                        torch.tensor([2, 1, 2]))
+        return tree, draft.length.clone(), [g.get_state() for g in gens], _kv_rows(draft)
+
+    fast, fast_len, fast_gens, fast_kv = run()
+    monkeypatch.setattr(imuspec.tree, "_grow_tree", _reference_grow_tree)
+    ref, ref_len, ref_gens, ref_kv = run()
+    assert fast.max_depth == ref.max_depth and torch.equal(fast_len, ref_len)
+    assert all(torch.equal(a, b) for a, b in zip(fast_gens, ref_gens))
+    assert all(torch.equal(a, b) for a, b in zip(fast_kv, ref_kv))
+    for f in ("tokens", "parents", "depth", "ancestors", "children", "valid", "q", "draft_slot"):
+        a, b = getattr(fast, f), getattr(ref, f)
+        assert (a is None) == (b is None) and (a is None or (torch.equal(a, b) and a.stride() == b.stride())), f
+    if shape.confidence and sampling.greedy:
+        assert fast.max_depth < shape.depth  # the stop was exercised
+    assert fast.size == shape.nodes or shape.confidence
+
+
+def _kv_rows(model) -> list[torch.Tensor]:
+    """Every row's cached K/V up to its length."""
+    return [torch.cat([c.k[r, :, :n], c.v[r, :, :n]]) for a in model.model.layers
+            for c in [a.self_attn.kv_cache] for r, n in enumerate(model.length.tolist())]

@@ -186,7 +186,7 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
 
     Depth d's nodes are one block of ids (:class:`_Layout`): the children of the f-th frontier node are its k ids
     starting at lo + f k, in sibling order. ``order`` lists the expanded nodes (the root, then each frontier) in
-    draft-slot order; each depth's frontier is a slice of it. A depth is a fixed dozen of kernels and no host read
+    draft-slot order; each depth's frontier is a slice of it, so node i's parent is order[(i - 1) // k]. A depth is a fixed dozen of kernels and no host read
     (bar a confidence stop), so that on a GPU a depth costs about what the draft's forward does."""
     dev, k, b = root.device, shape.width, root.shape[0]
     lay = _layout(shape, dev)
@@ -208,10 +208,11 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
         e += f
         if _unsure(q, shape, d):
             break
-        child = _key(q, s, gen).topk(k, dim=-1).indices  # [B, F, k] in sibling order
+        top = _key(q, s, gen).topk(k, dim=-1)
+        child = top.indices  # [B, F, k] in sibling order
         tokens[:, lo:hi].view(b, f, k).copy_(child)
-        parents[:, lo:hi].view(b, f, k).copy_(frontier[:, :, None].expand(-1, -1, k))
-        torch.add(f_score[:, :, None], q.gather(-1, child), out=score[:, lo:hi].view(b, f, k))
+        q_child = top.values if s.greedy else q.gather(-1, child)  # greedy's key is q
+        torch.add(f_score[:, :, None], q_child, out=score[:, lo:hi].view(b, f, k))
         anc[:, lo:hi].view(b, f, k, -1).logical_or_(f_anc[:, :, None])  # a child's ancestors are its parent's too
         grown = d
         if d == shape.depth or (not s.greedy and hi - 1 >= shape.budget):  # greedy grows on, then reranks
@@ -225,6 +226,7 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
         logits = draft.step(tokens.gather(1, frontier), positions=pos[:, d:d + 1].expand(-1, k), tree_mask=mask)
 
     n = lay.blocks[grown - 1][1]  # a confidence stop comes after depth 1
+    parents[:, 1:n].view(b, -1, k).copy_(order[:, :(n - 1) // k, None].expand(-1, -1, k))  # i's is order[(i-1)//k]
     slot = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev).scatter_(1, order[:, :e], pos[:, :e])
     q_all = None
     if q_exp is not None:
@@ -246,29 +248,40 @@ def chain(root: Tensor, d: Tensor, q: Tensor | None) -> Tree:
                 torch.full((b, k + 1), -1, dtype=torch.long, device=dev), k)
 
 
-def _select(score: Tensor, budget: int, greedy: bool) -> Tensor:
-    """Which candidates (indices into ``score`` [B, M]) to verify, in creation order. Greedy: the ``budget`` best by
-    path probability, ties to the earlier (so a parent always ranks before its children); sampling: the first."""
-    b, m = score.shape
-    if m <= budget or not greedy:
-        return torch.arange(min(m, budget), device=score.device).expand(b, -1)
+def _select(score: Tensor, budget: int, greedy: bool) -> Tensor | int:
+    """Which nodes (indices into ``score`` [B, M], the root's first) to verify, in creation order. Greedy: the
+    ``budget`` best by path probability, ties to the earlier (so a parent always ranks before its children, and the
+    root, whose 0 no log-probability exceeds, comes first); sampling: the first. An int: the first that many."""
+    if score.shape[1] <= budget or not greedy:
+        return min(score.shape[1], budget)
     return score.sort(dim=1, descending=True, stable=True).indices[:, :budget].sort(dim=1).values
 
 
 def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tree:
-    """The trees restricted to nodes ``keep`` [B, N+1] (ancestor-closed, in creation order), renumbered 0..N."""
-    b, n = keep.shape
-    idx = torch.arange(n, device=keep.device)
-    new_id = torch.full(tokens.shape, -1, dtype=torch.long, device=keep.device).scatter_(1, keep, idx.expand(b, -1))
-    par = parents.gather(1, keep)
-    par = torch.where(par >= 0, new_id.gather(1, par.clamp_min(0)), par)
+    """The trees restricted to nodes ``keep`` [B, N+1] (ancestor-closed, in creation order), renumbered 0..N; an int
+    keeps that many first nodes, whose ids stay (slices, made contiguous: nothing to gather or renumber)."""
+    if isinstance(keep, int):
+        def take(x: Tensor) -> Tensor:
+            return x[:, :keep].contiguous()
+
+        par, mask = take(parents), anc[:, :keep, :keep].contiguous()
+    else:
+        def take(x: Tensor) -> Tensor:
+            return _rows(x, keep)
+
+        new_id = torch.full(tokens.shape, -1, dtype=torch.long, device=keep.device)
+        new_id.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
+        par = parents.gather(1, keep)
+        par = torch.where(par >= 0, new_id.gather(1, par.clamp_min(0)), par)
+        mask = _rows(anc, keep).gather(2, keep[:, None].expand(-1, keep.shape[1], -1))
+    b, n = par.shape
+    idx = torch.arange(n, device=par.device)
     # rank among siblings = how many kept siblings come earlier (creation order is sibling order)
     rank = ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).sum(-1)
-    children = torch.full((b, (n + 1) * k), -1, dtype=torch.long, device=keep.device)  # row n absorbs the roots
+    children = torch.full((b, (n + 1) * k), -1, dtype=torch.long, device=par.device)  # row n absorbs the roots
     children.scatter_(1, torch.where(par >= 0, par, n) * k + rank, idx.expand(b, -1))
-    return Tree(tokens.gather(1, keep), par, depth.gather(1, keep), _rows(anc, keep).gather(2, keep[:, None].expand(-1, n, -1)),
-                children.view(b, n + 1, k)[:, :n], score.gather(1, keep) > float("-inf"),
-                None if q is None else _rows(q, keep), slot.gather(1, keep), grown)
+    return Tree(take(tokens), par, take(depth), mask, children.view(b, n + 1, k)[:, :n], take(score) > float("-inf"),
+                None if q is None else take(q), take(slot), grown)
 
 
 def _deepest_path(tree: Tree, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
