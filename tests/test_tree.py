@@ -286,7 +286,8 @@ GROWN = [TreeShape(8, 4, 2), TreeShape(9, 3, 3), TreeShape(6, 8, 2), TreeShape(1
                          ids=["greedy", "t1", "topkp"])
 def test_tree_growth_equals_the_reference_bit_for_bit(shape, sampling, monkeypatch):
     """The fast growth (fixed layout, in-place writes) and the reference give the same trees, draws, draft caches and
-    generator states (and the same strides: compiled steps guard on them), on a batch of rows with 1 or 2 pending tokens each, each with its own generator."""
+    generator states (and the same strides: compiled steps guard on them), on a batch of rows with 1 or 2 pending
+    tokens each, each with its own generator."""
     _, draft = partly_agreeing()
 
     def run():

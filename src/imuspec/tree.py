@@ -20,6 +20,7 @@ optionally, its own random generator): the engine decodes B rows at once, the di
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -149,35 +150,30 @@ def _grow_chain(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, 
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where each depth's nodes go: the same in every row and every step of a shape, so it is made once per (shape,
-    device) and the growth writes into fixed slices instead of building index tensors per depth."""
+    """Where each depth's nodes go, the same in every row and every step of a (depth, width): made once, it lets the
+    growth write into fixed slices instead of building index tensors per depth."""
 
     blocks: tuple[tuple[int, int], ...]  # depth d's node ids are blocks[d - 1] = [lo, hi)
     depth: Tensor  # [cap] each node's depth
     eye: Tensor  # [cap, cap] bool: each node is its own ancestor
-    steps: Tensor  # [1 + (depth - 1) * width] 0, 1, 2, ...: draft slots after the root, RoPE offsets
+    steps: Tensor  # 0, 1, 2, ...: offsets from the root's slot (the expanded nodes' slots, the depths' positions)
 
     @property
     def cap(self) -> int:
         return self.blocks[-1][1]
 
 
-_LAYOUTS: dict[tuple[int, int, str], _Layout] = {}
-
-
-def _layout(shape: TreeShape, device: torch.device) -> _Layout:
-    key = (shape.depth, shape.width, str(device))
-    if key not in _LAYOUTS:
-        k, blocks, lo = shape.width, [], 1
-        for d in range(1, shape.depth + 1):
-            blocks.append((lo, lo + k ** min(d, 2)))  # the root's k children, then k children of each of k nodes
-            lo = blocks[-1][1]
-        depth = torch.zeros(lo, dtype=torch.long)
-        for d, (a, z) in enumerate(blocks, 1):
-            depth[a:z] = d
-        _LAYOUTS[key] = _Layout(tuple(blocks), depth.to(device), torch.eye(lo, dtype=torch.bool, device=device),
-                                torch.arange(max(shape.depth + 1, 1 + (shape.depth - 1) * k), device=device))
-    return _LAYOUTS[key]
+@functools.lru_cache(maxsize=32)
+def _layout(depth: int, width: int, device: torch.device) -> _Layout:
+    blocks, lo = [], 1
+    for d in range(1, depth + 1):
+        blocks.append((lo, lo + width ** min(d, 2)))  # the root's k children, then k children of each of k nodes
+        lo = blocks[-1][1]
+    depths = torch.zeros(lo, dtype=torch.long)
+    for d, (a, z) in enumerate(blocks, 1):
+        depths[a:z] = d
+    return _Layout(tuple(blocks), depths.to(device), torch.eye(lo, dtype=torch.bool, device=device),
+                   torch.arange(max(depth + 1, 1 + (depth - 1) * width), device=device))
 
 
 def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, shape: TreeShape, s: Sampling,
@@ -186,20 +182,20 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
 
     Depth d's nodes are one block of ids (:class:`_Layout`): the children of the f-th frontier node are its k ids
     starting at lo + f k, in sibling order. ``order`` lists the expanded nodes (the root, then each frontier) in
-    draft-slot order; each depth's frontier is a slice of it, so node i's parent is order[(i - 1) // k]. A depth is a fixed dozen of kernels and no host read
-    (bar a confidence stop), so that on a GPU a depth costs about what the draft's forward does."""
+    draft-slot order; each depth's frontier is a slice of it, so node i's parent is order[(i - 1) // k]. A depth is
+    ten aten ops besides the draft's forward (greedy; sampling adds its draws) and no host read (bar a confidence
+    stop): on a GPU each op costs ~10-40 µs of host time, whatever its size."""
     dev, k, b = root.device, shape.width, root.shape[0]
-    lay = _layout(shape, dev)
+    lay = _layout(shape.depth, k, dev)
     tokens = torch.zeros(b, lay.cap, dtype=torch.long, device=dev)
     tokens[:, :1] = root
-    parents = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev)
     score = torch.zeros(b, lay.cap, device=dev)  # log path probability
     anc = lay.eye.expand(b, -1, -1).clone()
     order = torch.zeros(b, len(lay.steps), dtype=torch.long, device=dev)  # node 0, the root, is expanded first
     pos = root_pos[:, None] + lay.steps  # [B, len(steps)] the draft slots in expansion order, and RoPE positions
-    q_exp = None if s.greedy else torch.empty(b, len(lay.steps), logits.shape[-1], device=dev)  # their q, sampling
-    # the frontier: its ids, their score and ancestor rows; f expanded before it
-    frontier, f_score, f_anc, e, grown = order[:, :1], score.new_zeros(b, 1), lay.eye[:1].expand(b, -1, -1), 0, 0
+    q_exp = None if s.greedy else torch.empty(b, len(lay.steps), logits.shape[-1], device=dev)  # q there, sampling
+    # the frontier (its ids, their scores and ancestor rows), and e: how many nodes were expanded before it
+    frontier, f_score, f_anc, e, grown = order[:, :1], score.new_zeros(b, 1), lay.eye[:1].expand(b, 1, -1), 0, 0
     for d, (lo, hi) in enumerate(lay.blocks, 1):
         f = frontier.shape[1]
         q = logits.log_softmax(-1) if s.greedy else probs(logits, s).log()  # [B, F, V]
@@ -226,6 +222,7 @@ def _grow_tree(draft: Decoder, root: Tensor, root_pos: Tensor, logits: Tensor, s
         logits = draft.step(tokens.gather(1, frontier), positions=pos[:, d:d + 1].expand(-1, k), tree_mask=mask)
 
     n = lay.blocks[grown - 1][1]  # a confidence stop comes after depth 1
+    parents = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev)
     parents[:, 1:n].view(b, -1, k).copy_(order[:, :(n - 1) // k, None].expand(-1, -1, k))  # i's is order[(i-1)//k]
     slot = torch.full((b, lay.cap), -1, dtype=torch.long, device=dev).scatter_(1, order[:, :e], pos[:, :e])
     q_all = None
