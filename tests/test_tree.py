@@ -183,6 +183,22 @@ def test_planner_drafts_deep_when_everything_is_accepted():
     assert shapes[-1].depth >= 4  # longer chains or the tree once their acceptance is seen
 
 
+def _grow_three_rows(draft, shape: TreeShape, sampling: Sampling, cache: int = 96):
+    """grow on a batch of 3 rows with 1 or 2 pending tokens each and their own generators: (the trees, the draft's
+    lengths, the generators' states, every row's cached K/V)."""
+    draft.setup_cache(cache, 3)
+    with torch.inference_mode():
+        draft(ids=torch.stack([PROMPT, PROMPT.roll(1), PROMPT.roll(2)]))
+        start = torch.tensor([9, 7, 8])
+        draft.rollback(start)
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        tree = grow(draft, torch.tensor([[5, 3], [7, 0], [11, 4]]), start, shape, sampling, gens,
+                    torch.tensor([2, 1, 2]))
+    kv = [torch.cat([c.k[r, :, :n], c.v[r, :, :n]]) for a in draft.model.layers for c in [a.self_attn.kv_cache]
+          for r, n in enumerate(draft.length.tolist())]
+    return tree, draft.length.clone(), [g.get_state() for g in gens], kv
+
+
 @pytest.mark.parametrize("shape", [TreeShape.chain(4), TreeShape.chain(6, 0.5), TreeShape.chain(6, 0.97)],
                          ids=["chain4", "conf0.5", "conf0.97"])
 @pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.0), Sampling(0.7, 20, 0.9)],
@@ -191,21 +207,9 @@ def test_chain_fast_path_equals_the_tree_path(shape, sampling, monkeypatch):
     """grow's chain path gives the tree that the general path grows for width 1, from the same random draws, on a
     batch of rows with 1 or 2 pending tokens each and their own generators."""
     _, draft = partly_agreeing()
-
-    def run():
-        draft.setup_cache(96, 3)
-        with torch.inference_mode():
-            draft(ids=torch.stack([PROMPT, PROMPT.roll(1), PROMPT.roll(2)]))
-            start = torch.tensor([9, 7, 8])
-            draft.rollback(start)
-            gens = [torch.Generator().manual_seed(i) for i in range(3)]
-            tree = grow(draft, torch.tensor([[5, 3], [7, 0], [11, 4]]), start, shape, sampling, gens,
-                        torch.tensor([2, 1, 2]))
-        return tree, draft.length.clone(), [g.get_state() for g in gens]
-
-    fast, fast_len, fast_gens = run()
+    fast, fast_len, fast_gens, _ = _grow_three_rows(draft, shape, sampling)
     monkeypatch.setattr(imuspec.tree, "_grow_chain", imuspec.tree._grow_tree)
-    slow, slow_len, slow_gens = run()
+    slow, slow_len, slow_gens, _ = _grow_three_rows(draft, shape, sampling)
     assert fast.max_depth == slow.max_depth and torch.equal(fast_len, slow_len)
     assert all(torch.equal(a, b) for a, b in zip(fast_gens, slow_gens))
     for f in ("tokens", "parents", "depth", "ancestors", "children", "valid", "q", "draft_slot"):
@@ -214,8 +218,8 @@ def test_chain_fast_path_equals_the_tree_path(shape, sampling, monkeypatch):
 
 
 def _reference_grow_tree(draft, root, root_pos, logits, shape, s, gen):
-    """The oracle: EAGLE-2 growing as first written (before the fixed layout of commit 'tree: grow a tree into fixed
-    per-depth slices'), index tensors built per depth; the fast growth must give the same trees bit for bit."""
+    """The oracle: EAGLE-2 growing as written before the fixed layout (main at cfbf4bd: _grow_tree, _select and
+    _subtree inline), index tensors built per depth; the fast growth must give the same trees bit for bit."""
     from imuspec.tree import _key, _rows, _unsure, probs
     dev, k, b = root.device, shape.width, root.shape[0]
     cap = 1 + k + (shape.depth - 1) * k * k
@@ -289,21 +293,9 @@ def test_tree_growth_equals_the_reference_bit_for_bit(shape, sampling, monkeypat
     generator states (and the same strides: compiled steps guard on them), on a batch of rows with 1 or 2 pending
     tokens each, each with its own generator."""
     _, draft = partly_agreeing()
-
-    def run():
-        draft.setup_cache(160, 3)
-        with torch.inference_mode():
-            draft(ids=torch.stack([PROMPT, PROMPT.roll(1), PROMPT.roll(2)]))
-            start = torch.tensor([9, 7, 8])
-            draft.rollback(start)
-            gens = [torch.Generator().manual_seed(i) for i in range(3)]
-            tree = grow(draft, torch.tensor([[5, 3], [7, 0], [11, 4]]), start, shape, sampling, gens,
-                        torch.tensor([2, 1, 2]))
-        return tree, draft.length.clone(), [g.get_state() for g in gens], _kv_rows(draft)
-
-    fast, fast_len, fast_gens, fast_kv = run()
+    fast, fast_len, fast_gens, fast_kv = _grow_three_rows(draft, shape, sampling, cache=160)
     monkeypatch.setattr(imuspec.tree, "_grow_tree", _reference_grow_tree)
-    ref, ref_len, ref_gens, ref_kv = run()
+    ref, ref_len, ref_gens, ref_kv = _grow_three_rows(draft, shape, sampling, cache=160)
     assert fast.max_depth == ref.max_depth and torch.equal(fast_len, ref_len)
     assert all(torch.equal(a, b) for a, b in zip(fast_gens, ref_gens))
     assert all(torch.equal(a, b) for a, b in zip(fast_kv, ref_kv))
@@ -313,9 +305,3 @@ def test_tree_growth_equals_the_reference_bit_for_bit(shape, sampling, monkeypat
     if shape.confidence and sampling.greedy:
         assert fast.max_depth < shape.depth  # the stop was exercised
     assert fast.size == shape.nodes or shape.confidence
-
-
-def _kv_rows(model) -> list[torch.Tensor]:
-    """Every row's cached K/V up to its length."""
-    return [torch.cat([c.k[r, :, :n], c.v[r, :, :n]]) for a in model.model.layers
-            for c in [a.self_attn.kv_cache] for r, n in enumerate(model.length.tolist())]
