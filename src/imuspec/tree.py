@@ -266,10 +266,8 @@ def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tre
         def take(x: Tensor) -> Tensor:
             return _rows(x, keep)
 
-        new_id = torch.full(tokens.shape, -1, dtype=torch.long, device=keep.device)
-        new_id.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep))
-        par = parents.gather(1, keep)
-        par = torch.where(par >= 0, new_id.gather(1, par.clamp_min(0)), par)
+        par = parents.gather(1, keep)  # kept, since keep is ancestor-closed; its new id is its rank in keep (sorted)
+        par = torch.where(par >= 0, torch.searchsorted(keep, par), par)
         mask = _rows(anc, keep).gather(2, keep[:, None].expand(-1, keep.shape[1], -1))
     b, n = par.shape
     idx = torch.arange(n, device=par.device)
