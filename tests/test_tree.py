@@ -305,3 +305,18 @@ def test_tree_growth_equals_the_reference_bit_for_bit(shape, sampling, monkeypat
     if shape.confidence and sampling.greedy:
         assert fast.max_depth < shape.depth  # the stop was exercised
     assert fast.size == shape.nodes or shape.confidence
+
+
+def test_one_row_trees_have_the_strides_of_fresh_tensors():
+    """A sampled tree cut at its budget is a slice of the growth's buffers, copied: with the buffers' strides, a
+    compiled verify step would compile again for each layout."""
+    _, draft = partly_agreeing()
+    draft.setup_cache(96)
+    with torch.inference_mode():
+        draft(ids=PROMPT[None])
+        tree = grow(draft, PROMPT[None, -1:], len(PROMPT) - 1, TreeShape(6, 3, 2), Sampling(temperature=1.0),
+                    torch.Generator())
+    assert tree.size == 6 < imuspec.tree._layout(3, 2, torch.device("cpu")).cap - 1  # a cut: the buffers are wider
+    for f in ("tokens", "parents", "depth", "ancestors", "valid", "draft_slot"):
+        t = getattr(tree, f)
+        assert t.stride() == torch.empty(t.shape).stride(), f

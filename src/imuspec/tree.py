@@ -256,12 +256,13 @@ def _select(score: Tensor, budget: int, greedy: bool) -> Tensor | int:
 
 def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tree:
     """The trees restricted to nodes ``keep`` [B, N+1] (ancestor-closed, in creation order), renumbered 0..N; an int
-    keeps that many first nodes, whose ids stay (slices, made contiguous: nothing to gather or renumber)."""
+    keeps that many first nodes, whose ids stay (slices: nothing to gather or renumber), copied to the strides a
+    gather gives (a compiled verify step guards on them)."""
     if isinstance(keep, int):
         def take(x: Tensor) -> Tensor:
-            return x[:, :keep].contiguous()
+            return x[:, :keep].clone(memory_format=torch.contiguous_format)
 
-        par, mask = take(parents), anc[:, :keep, :keep].contiguous()
+        par, mask = take(parents), anc[:, :keep, :keep].clone(memory_format=torch.contiguous_format)
     else:
         def take(x: Tensor) -> Tensor:
             return _rows(x, keep)
