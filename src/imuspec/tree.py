@@ -259,12 +259,12 @@ def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tre
     keeps that many first nodes, whose ids stay (slices: nothing to gather or renumber), copied to the strides a
     gather gives (a compiled verify step guards on them)."""
     if isinstance(keep, int):
-        def take(x: Tensor) -> Tensor:
-            return x[:, :keep].clone(memory_format=torch.contiguous_format)
+        def take(x: Tensor, fresh: bool = True) -> Tensor:  # fresh: for compiled steps; else copied only if strided
+            return x[:, :keep].clone(memory_format=torch.contiguous_format) if fresh else x[:, :keep].contiguous()
 
         par, mask = take(parents), anc[:, :keep, :keep].clone(memory_format=torch.contiguous_format)
     else:
-        def take(x: Tensor) -> Tensor:
+        def take(x: Tensor, fresh: bool = True) -> Tensor:
             return _rows(x, keep)
 
         par = parents.gather(1, keep)  # kept, since keep is ancestor-closed; its new id is its rank in keep (sorted)
@@ -276,8 +276,8 @@ def _subtree(keep, tokens, parents, depth, anc, score, slot, q, k, grown) -> Tre
     rank = ((par[:, :, None] == par[:, None, :]) & (idx[None, :] < idx[:, None])).sum(-1)
     children = torch.full((b, (n + 1) * k), -1, dtype=torch.long, device=par.device)  # row n absorbs the roots
     children.scatter_(1, torch.where(par >= 0, par, n) * k + rank, idx.expand(b, -1))
-    return Tree(take(tokens), par, take(depth), mask, children.view(b, n + 1, k)[:, :n], take(score) > float("-inf"),
-                None if q is None else take(q), take(slot), grown)
+    return Tree(take(tokens), par, take(depth), mask, children.view(b, n + 1, k)[:, :n],
+                take(score, fresh=False) > float("-inf"), None if q is None else take(q, fresh=False), take(slot), grown)
 
 
 def _deepest_path(tree: Tree, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
