@@ -345,8 +345,9 @@ def generate_batch(
                 last, t_len, n_pend = last[idx], t_len[idx], n_pend[idx]
                 pending = pending[idx, :int(n_pend.max())]
                 d_len = d_len[idx] if draft is not None else None
-            if alive is not None:  # parked rows start each step over at slot 0: whatever the batch's widest step
-                t_len, n_pend = t_len * alive, torch.where(alive, n_pend, 1)  # writes, it stays inside their caches
+            if alive is not None:  # parked rows start each step again at slot 0, where any step the live rows take
+                # fits in their caches (from their own ends a wide step could run past them)
+                t_len, n_pend = t_len * alive, torch.where(alive, n_pend, 1)
                 target.rollback(t_len)
                 if d_len is not None:
                     d_len = d_len * alive
