@@ -3,6 +3,8 @@ alone gives), with rows of different prompt lengths, EOS and max_new_tokens, cha
 sampled rows follow the target's distribution (chi-square over thousands of rows, each with its own seed)."""
 
 import json
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,9 +12,12 @@ import torch
 from test_sampling import PROMPT as SHORT
 from test_sampling import V, model, p_value, target_conditionals
 from test_speculative import partly_agreeing, tiny
+from test_tree import _assert_prefill_of, _kv
 
+import imuspec.sampling
 import imuspec.speculative
-from imuspec import GenerationConfig, Sampling, generate
+import imuspec.tree
+from imuspec import Decoder, GenerationConfig, Sampling, generate
 from imuspec.bench import divergence
 from imuspec.speculative import generate_batch
 from imuspec.tree import TreeShape
@@ -44,10 +49,51 @@ def row_configs(base: GenerationConfig, target, draft, tp, dp) -> list[Generatio
     return cfgs
 
 
+def park(monkeypatch, before_step=None) -> list[bool]:
+    """Decode as under compiled steps (finished rows parked in the batch), on the CPU's eager steps; before each
+    draft step check the parked rows and call ``before_step(draft lengths)``. Returns which rows are parked in the
+    current step."""
+    monkeypatch.setattr(Decoder, "compiled", property(lambda self: True))
+    grow, padded, parked = imuspec.speculative.grow, imuspec.speculative._padded, []
+
+    def grow_spy(d, pending, start, shape, s, gens, n_pending):  # the state the previous step left
+        d_len, n_pend = start.tolist(), n_pending.tolist()
+        parked[:] = [g is None for g in gens]
+        # a parked row (no generator) is at slot 0 of the draft's cache with one pending token
+        assert all(d_len[j] == n_pend[j] - 1 == 0 for j, p in enumerate(parked) if p)
+        # and the step is as wide as the live rows need: a parked row costs no work of its own
+        assert pending.shape[1] == max(n for n, p in zip(n_pend, parked) if not p)
+        if before_step:
+            before_step(d_len)
+        return grow(d, pending, start, shape, s, gens, n_pending)
+
+    def padded_spy(rows, device):  # the step's new backlogs: a parked row accepted nothing, so one token
+        assert all(len(r) == 1 for r, p in zip(rows, parked) if p)
+        return padded(rows, device)
+
+    monkeypatch.setattr(imuspec.speculative, "grow", grow_spy)
+    monkeypatch.setattr(imuspec.speculative, "_padded", padded_spy)
+    return parked
+
+
+def count_draws(monkeypatch) -> Counter:
+    """How many times each generator (by its seed) is drawn from."""
+    uses, real = Counter(), imuspec.sampling.draws
+
+    def spy(x, gen, fill="exponential_"):
+        uses.update(g.initial_seed() for g in ([gen] if isinstance(gen, torch.Generator) else gen) if g is not None)
+        return real(x, gen, fill)
+
+    for module in (imuspec.sampling, imuspec.tree):
+        monkeypatch.setattr(module, "draws", spy)
+    return uses
+
+
+@pytest.mark.parametrize("parked", [False, True], ids=["drop", "park"])
 @pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("b", [2, 5, 8])
-def test_each_row_equals_the_row_decoded_alone(b, shape, sampling, monkeypatch):
+def test_each_row_equals_the_row_decoded_alone(b, shape, sampling, parked, monkeypatch):
     target, draft = partly_agreeing()
     base = GenerationConfig(sampling=SAMPLINGS[sampling], eos_token_ids=(), **SHAPES[shape])
     tp, dp = rows(b, seed=b)
@@ -60,8 +106,12 @@ def test_each_row_equals_the_row_decoded_alone(b, shape, sampling, monkeypatch):
         return verify(t, tree, start)
 
     monkeypatch.setattr(imuspec.speculative, "verify_logits", spy)
+    if parked:
+        park(monkeypatch)
+    draws_batch = count_draws(monkeypatch)
     got = generate_batch(target, tp, cfgs, draft, dp)
     monkeypatch.undo()
+    draws_alone = count_draws(monkeypatch)
     alone = [generate(target, p, c, draft, d) for p, c, d in zip(tp, cfgs, dp)]
     differ = [(i, divergence(target, p, a.tokens, g.tokens)) for i, (p, a, g) in enumerate(zip(tp, alone, got))
               if a.tokens != g.tokens]
@@ -70,11 +120,68 @@ def test_each_row_equals_the_row_decoded_alone(b, shape, sampling, monkeypatch):
         assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
     for g, a, c in zip(got, alone, cfgs):
         assert len(g.tokens) == c.max_new_tokens or g.tokens[-1] in c.eos_token_ids
-        assert g.stats.accepted_per_step == a.stats.accepted_per_step and g.stats.n_tokens == len(g.tokens)
+        assert g.stats.n_tokens == len(g.tokens)
+        # stats count only the row's own steps: a parked row's steps are not its
+        for k in ("accepted_per_step", "drafted_per_step", "produced_per_step", "budget_per_step"):
+            assert getattr(g.stats, k) == getattr(a.stats, k), k
     assert any(c.eos_token_ids and len(g.tokens) < c.max_new_tokens for g, c in zip(got, cfgs))
-    # finished rows leave the batch: the verify batch only shrinks, down from b
-    assert batch_sizes[0] == b and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < b
+    # sampled, each row's generator is drawn from as often as decoded alone: a finished row never draws again
+    assert draws_batch == draws_alone and len(draws_alone) == (0 if SAMPLINGS[sampling].greedy else b)
+    if parked:  # finished rows stay in the batch: one batch size throughout
+        assert set(batch_sizes) == {b}
+    else:  # finished rows leave the batch: the verify batch only shrinks, down from b
+        assert batch_sizes[0] == b and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[-1] < b
     assert target.batch == 1 and draft.batch == 1  # the caches are given back as they were
+
+
+@pytest.mark.parametrize("sampling", sorted(SAMPLINGS))
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_parked_rows_stay_inside_their_caches_and_live_caches_hold_their_sequence(shape, sampling, monkeypatch):
+    """Row 0 fills its cache to the last slot and finishes first; parked, it must not write past it (an index error
+    here), and after every step in which it is parked the live rows' caches hold exactly their committed sequences
+    (the K/V a fresh prefill gives)."""
+    target, draft = partly_agreeing()
+    cfg = GenerationConfig(sampling=SAMPLINGS[sampling], eos_token_ids=(), seed=5, **SHAPES[shape])
+    g = torch.Generator().manual_seed(1)
+    lengths = [(target.max_len - 4 - cfg.draft_slots, 4), (6, 40), (10, 15)]  # (prompt, max_new_tokens) per row
+    tp = [torch.randint(1, 96, (n,), generator=g) for n, _ in lengths]
+    dp = [p[1:] for p in tp]
+    cfgs = [replace(cfg, max_new_tokens=m, seed=i) for i, (_, m) in enumerate(lengths)]
+    snapshots = []
+    park(monkeypatch, lambda d_len: snapshots.append(
+        [(j, _kv(target, j), _kv(draft, j), n) if target.length[j] else None for j, n in enumerate(d_len)]))
+    got = generate_batch(target, tp, cfgs, draft, dp)
+    monkeypatch.undo()
+    assert [x.tokens for x in got] == [generate(target, p, c, draft, d).tokens for p, c, d in zip(tp, cfgs, dp)]
+    with_parked = [s for s in snapshots if None in s]
+    assert len(with_parked) > 3 and all(s[0] is None for s in with_parked)  # row 0 is parked first, and stays
+    for snap in with_parked:
+        for j, t_kv, d_kv, d_len in filter(None, snap):
+            out = torch.tensor(got[j].tokens)
+            assert d_len == len(d_kv[0][0]) >= len(dp[j])
+            _assert_prefill_of(target, torch.cat([tp[j], out])[:len(t_kv[0][0])], t_kv)
+            _assert_prefill_of(draft, torch.cat([dp[j], out])[:d_len], d_kv)
+
+
+def test_a_parked_row_accepts_nothing(monkeypatch):
+    """Whatever the acceptance rule says of a parked row's junk (here: all of its chain, and nothing for the live
+    rows, which still gives the target's greedy output), it accepts nothing: its backlog never widens the step."""
+    target, draft = partly_agreeing()
+    parked, real = park(monkeypatch), imuspec.speculative.greedy_accept
+
+    def accept(tree, logits):
+        full = torch.tensor(parked)
+        n = torch.where(full, tree.max_depth, 0)
+        path = torch.where(full[:, None], torch.arange(tree.max_depth + 1), 0)
+        return n, logits.argmax(-1).gather(1, n[:, None])[:, 0], path
+
+    monkeypatch.setattr(imuspec.speculative, "greedy_accept", accept)
+    tp, dp = rows(3)
+    cfgs = [GenerationConfig(max_new_tokens=m, gamma=3, eos_token_ids=()) for m in (2, 9, 6)]
+    got = generate_batch(target, tp, cfgs, draft, dp)
+    monkeypatch.undo()
+    assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
+    assert all(set(g.stats.accepted_per_step) == {0} for g in got)
 
 
 def test_embeddings_prompts_and_target_only_rows():
@@ -134,18 +241,25 @@ def cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("IMUSPEC_CACHE", str(tmp_path))
 
 
+@pytest.mark.parametrize("parked", [False, True], ids=["drop", "park"])
 @pytest.mark.parametrize("setting", [dict(gamma="auto", tree="auto"), dict(gamma=6, confidence=0.9)],
                          ids=["adaptive", "confidence"])
-def test_shapes_chosen_for_the_whole_batch_keep_each_row_lossless(setting, cache_folder):
+def test_shapes_chosen_for_the_whole_batch_keep_each_row_lossless(setting, parked, cache_folder, monkeypatch):
     """Adaptive sizing (here mostly target-only steps, so the draft's backlog differs per row) and confidence stops
     decide for the whole batch: each row still equals the target alone (greedy)."""
     target, draft = partly_agreeing() if "confidence" in setting else (tiny(0, cache=128), tiny(1, cache=128))
     tp, dp = rows(4, seed=3)
     cfgs = [GenerationConfig(max_new_tokens=30 + 7 * i, seed=i, eos_token_ids=(), **setting) for i in range(4)]
+    if parked:
+        park(monkeypatch)
+    updates, update = [], imuspec.speculative.Planner.update
+    monkeypatch.setattr(imuspec.speculative.Planner, "update", lambda *a: updates.append(a[3]) or update(*a))
     got = generate_batch(target, tp, cfgs, draft, dp)
     assert [g.tokens for g in got] == [generate(target, p, c).tokens for p, c in zip(tp, cfgs)]
     if "tree" in setting:
         assert got[0].stats.fallback is not None and 0 in got[0].stats.budget_per_step
+        # the planner learns from the live rows' steps alone (a parked row's are no one's)
+        assert sorted(updates) == sorted(n for g in got for n in g.stats.accepted_per_step)
 
 
 def test_bench_engine_batch_against_transformers_batched_generate(capsys):

@@ -54,9 +54,9 @@ def _first_child_depth(tree) -> int:
     return depth
 
 
-def _kv(model) -> list[torch.Tensor]:
-    n = int(model.length[0])
-    return [torch.cat([a.self_attn.kv_cache.k[0, :, :n], a.self_attn.kv_cache.v[0, :, :n]]) for a in model.model.layers]
+def _kv(model, row: int = 0) -> list[torch.Tensor]:
+    n = int(model.length[row])
+    return [torch.cat([a.self_attn.kv_cache.k[row, :, :n], a.self_attn.kv_cache.v[row, :, :n]]) for a in model.model.layers]
 
 
 def _assert_prefill_of(model, ids: torch.Tensor, cached: list[torch.Tensor]) -> None:

@@ -390,6 +390,12 @@ class Decoder(nn.Module):
         return self._compiled[key](ids=ids, positions=positions, tree_mask=tree_mask)
 
     @property
+    def compiled(self) -> bool:
+        """Whether :meth:`step` runs compiled graphs (after :meth:`compile_steps`): each new batch size then costs a
+        compilation, so a batch keeps its finished rows, parked (:func:`imuspec.speculative.generate_batch`)."""
+        return self._compiled is not None
+
+    @property
     def compiled_steps(self) -> int:
         """How many step shapes have been compiled (a step that adds one spent its time compiling)."""
         return len(self._compiled or ())

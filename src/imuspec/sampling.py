@@ -43,16 +43,22 @@ def probs(logits: Tensor, s: Sampling) -> Tensor:
     return p
 
 
-Generators = torch.Generator | Sequence[torch.Generator]  # one for the batch, or one per row (leading dimension)
+Generators = torch.Generator | Sequence[torch.Generator | None]  # one for the batch, or one per row (leading dim)
 
 
 def draws(x: Tensor, gen: Generators, fill: str = "exponential_") -> Tensor:
     """Fill ``x`` in place with random draws (``fill``: ``exponential_`` or ``uniform_``): all from one generator,
-    or row b from ``gen[b]``, so that each row of a batch draws exactly what it would draw decoded alone."""
+    or row b from ``gen[b]``, so that each row of a batch draws exactly what it would draw decoded alone. A row
+    whose generator is None (a finished row parked in a batch) draws nothing and gets 1s: no work of its own."""
     if isinstance(gen, torch.Generator):
         return getattr(x, fill)(generator=gen)
-    for row, g in zip(x, gen, strict=True):
-        getattr(row, fill)(generator=g)
+    if len(gen) != len(x):
+        raise ValueError(f"{len(gen)} generators for {len(x)} rows")
+    if any(g is None for g in gen):
+        x.fill_(1.0)
+    for i, g in enumerate(gen):
+        if g is not None:
+            getattr(x[i], fill)(generator=g)
     return x
 
 

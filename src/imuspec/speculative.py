@@ -15,8 +15,12 @@ the loop reads back one small tensor per step (the accepted path and next token)
 target-only steps when drafting cannot pay; the output is the same whatever the shape.
 
 Batches (:func:`generate_batch`; :func:`generate` is its batch of one) run the same loop on B rows: every row keeps
-its own cache lengths, pending tokens and generator, the caches are never padded, and a finished row leaves the
-batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more.
+its own cache lengths, pending tokens and generator, and the caches are never padded. Decoding eagerly, a finished
+row leaves the batch (:meth:`~imuspec.model.Decoder.keep_rows`) so that it costs nothing more. With compiled steps
+(:attr:`~imuspec.model.Decoder.compiled`) each batch size is graphs of its own to compile (15–20 s a shape for a 7B
+target), while a step is memory-bound far beyond B rows; there a finished row is parked instead: it stays in the
+batch, starts each step over at slot 0 of its caches, accepts nothing, and its tokens are discarded, so the batch
+compiles one set of graphs and every row leaves only when all are done.
 
 A draft with another vocabulary comes wrapped as a :class:`~imuspec.vocab.MappedDraft`
 (:func:`imuspec.vocab.drafter`): each step it proposes a chain of up to γ target tokens itself, re-synced from the
@@ -245,11 +249,12 @@ def generate_batch(
 
     ``cfg`` is one config for every row, or one per row differing only in :data:`ROW_FIELDS`. Each step every
     unfinished row drafts, one target forward verifies all rows, and each row keeps its own accepted prefix (its
-    own cache lengths); a finished row leaves both caches' batches. Each row draws from its own generator, seeded
-    with its config's seed, so with a fixed shape (not ``adapt``, no ``confidence`` stop: those decide for the
-    whole batch) it gets exactly the tokens it would get decoded alone; in fp32 a batch's other reduction order can
-    only flip near-tied target logits (:func:`imuspec.bench.divergence` finds them). The caches are set up for B
-    rows here and given back with the batch they had.
+    own cache lengths); a finished row leaves both caches' batches, or with compiled steps stays in them, parked
+    (see the module's docstring). Each row draws from its own generator, seeded with its config's seed, so with a
+    fixed shape (not ``adapt``, no ``confidence`` stop: those decide for the whole batch, a confidence stop on
+    parked rows' drafts too) it gets exactly the tokens it would get decoded alone; in fp32 a batch's other
+    reduction order can only flip near-tied target logits (:func:`imuspec.bench.divergence` finds them). The caches
+    are set up for B rows here and given back with the batch they had.
     """
     b = len(target_prompts)
     if b == 0:
@@ -282,6 +287,7 @@ def generate_batch(
     planner = None if draft is None else Planner(target, c0.shapes()) if c0.adaptive else FixedPlan(c0.shapes()[0])
     timed_draft = c0.adaptive and dev.type == "cuda"  # the planner needs the draft's own time: wait for it
     models = [m for m in (target, draft_model) if m is not None]
+    park = any(m.compiled for m in models)  # another batch size would compile new graphs: finished rows stay, parked
     entry = [m.batch for m in models]
     for m in models:
         if m.batch != b:
@@ -294,7 +300,8 @@ def generate_batch(
                 draft.start(draft_prompts[0])
             elif draft is not None:
                 prefill(draft, draft_prompts)
-        rows = list(range(b))  # the row of each cache row still decoding
+        rows = list(range(b))  # the row of each cache row still decoding; None where it is parked
+        alive = None  # [B] bool once rows are parked: False for them
         t_len, d_len = target.length.clone(), draft_model.length.clone() if draft is not None else None
         pending, n_pend = last[:, None], torch.ones(b, dtype=torch.long, device=dev)  # what the draft has not seen
         news, steps = [[t] for t in last.tolist()], None  # per cache row: tokens to commit, (accepted, depth, nodes)
@@ -302,6 +309,8 @@ def generate_batch(
         while True:
             done = []
             for j, r in enumerate(rows):
+                if r is None:  # parked: its new tokens are discarded
+                    continue
                 c, out = cfgs[r], outs[r]
                 room = c.max_new_tokens - len(out)
                 stop = next((i + 1 for i, t in enumerate(news[j][:room]) if t in c.eos_token_ids),
@@ -320,9 +329,14 @@ def generate_batch(
                 if cut is not None or len(out) >= c.max_new_tokens or out and out[-1] in c.eos_token_ids:
                     stats[r].wall_s = time.perf_counter() - wall
                     done.append(j)
-            if len(done) == len(rows):
+            if len(done) == len(rows) - rows.count(None):
                 break
-            if done:  # compact the batch: finished rows leave both caches
+            if done and park:  # park them: they stay in the batch, and their generators are never drawn from again
+                for j in done:
+                    rows[j] = gens[j] = None
+                alive = torch.tensor([r is not None for r in rows], device=dev)
+                pending = pending[:, :int(n_pend[alive].max())]  # their backlog does not widen the next step
+            elif done:  # compact the batch: finished rows leave both caches
                 live = [j for j in range(len(rows)) if j not in done]
                 idx = torch.tensor(live, device=dev)
                 for m in models:
@@ -331,6 +345,13 @@ def generate_batch(
                 last, t_len, n_pend = last[idx], t_len[idx], n_pend[idx]
                 pending = pending[idx, :int(n_pend.max())]
                 d_len = d_len[idx] if draft is not None else None
+            if alive is not None:  # parked rows start each step again at slot 0, where any step the live rows take
+                # fits in their caches (from their own ends a wide step could run past them)
+                t_len, n_pend = t_len * alive, torch.where(alive, n_pend, 1)
+                target.rollback(t_len)
+                if d_len is not None:
+                    d_len = d_len * alive
+                    draft_model.rollback(d_len)
 
             shape = planner.next_shape() if planner is not None else None
             compiled = sum(m.compiled_steps for m in models)
@@ -360,6 +381,8 @@ def generate_batch(
                         n, nxt, path = greedy_accept(tree, logits)
                     else:
                         n, nxt, path = sample_accept(tree, probs(logits, s), gens)
+                    if alive is not None:  # parked rows accept nothing: their backlog never widens the batch's
+                        n = n * alive
                     dslot = tree.draft_slot.gather(1, path)
                     # the one host sync per step: per row depth, next token, and the path's tokens and draft slots
                     host = torch.cat([n[:, None], nxt[:, None], tree.tokens.gather(1, path), dslot], 1).tolist()
@@ -381,8 +404,9 @@ def generate_batch(
             if planner is not None:
                 t_verify = time.perf_counter() - t0 - t_draft
                 timed = sum(m.compiled_steps for m in models) == compiled  # else its times are a compile's
-                for n_row, depth, nodes in steps:
-                    planner.update(shape, depth, n_row, nodes, t_draft, t_verify, timed)
+                for (n_row, depth, nodes), r in zip(steps, rows):
+                    if r is not None:  # a parked row's steps are no one's
+                        planner.update(shape, depth, n_row, nodes, t_draft, t_verify, timed)
 
     for m, rows_before in zip(models, entry):
         if m.batch != rows_before:
