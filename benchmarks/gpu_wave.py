@@ -365,8 +365,7 @@ def main() -> None:
         # prompt, greedy answers and top-64 probabilities, through distill.run_teacher) and draft training steps
         # (LLaSA layout: the shipped LIMU-BERT, a fresh projector; bf16 autocast, AdamW) for a target:2 cut and
         # the 68M shape
-        from imuspec.distill import LlasaPath, DraftModel, _limu_bert, hf_llama, run_teacher, topk_distillation
-        from imuspec.models.llasa import build_projector
+        from imuspec.distill import DistillConfig, DraftModel, hf_llama, imu_path, run_teacher, topk_distillation
         from imuspec.templates import Tokenizer
 
         r["distill"] = {"event_tokens": 582, "text_tokens": 40, "answer_tokens": 48, "top_k": 64}
@@ -392,8 +391,7 @@ def main() -> None:
         for name, c in (("target_cut2", replace(t_cfg, num_hidden_layers=2)), ("llama68m", d_cfg)):
             if over():
                 break
-            torch.manual_seed(0)
-            path = LlasaPath(_limu_bert("limu-bert", 40), build_projector("mlp2x_gelu", 72, c.hidden_size), 40, None)
+            path = imu_path("limu-bert", c.hidden_size, DistillConfig(imu_points=40))  # the shipped LIMU-BERT
             model = DraftModel(hf_llama(c), path).to(dev).train()
             opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
             bsz, t_ans = 8, 48

@@ -50,7 +50,7 @@ from .distributed import barrier, close, gather, init_distributed, rank, unshard
 from .model import Decoder, LlamaConfig, first_layers
 from .multimodal import PLACEHOLDER_ID
 from .runtime import positive
-from .templates import Tokenizer, get_template
+from .templates import Tokenizer, get_template, has_tokenizer
 
 # --- generic training pieces (the world's recipe uses them too) -----------------------------------------------------
 
@@ -206,6 +206,7 @@ class ImuPath(nn.Module):
     def vocabulary(self, decoder: Decoder, tok: Tokenizer) -> Decoder:
         """The LLM with the tokens the family's prompt needs that its vocabulary lacks (default: none)."""
         return decoder
+
     def check(self, c: LlamaConfig) -> None:
         """Raise before any work where an LLM of config ``c`` cannot be saved in this family's layout."""
 
@@ -521,7 +522,7 @@ def build_draft(init: Init, target_decoder: Decoder, target_folder: Path, imu_en
         dec = _cut(target_decoder, init.layers, f"target:{init.layers}")
     elif checkpoint_file(Path(init.source)) is not None:
         m = OneLLM.from_pretrained(init.source, target_folder)  # its tokenizer, else the target's
-        vocab, want = m.decoder.config.vocab_size, target_decoder.config.vocab_size
+        vocab = m.decoder.config.vocab_size
         if vocab != want:
             raise ValueError(f"--draft-init {init.source}: a OneLLM of vocab_size {vocab}, the target's ({target_folder}) "
                              f"is {want}; distillation needs one vocabulary")
@@ -570,7 +571,7 @@ def _check_vocabulary(folder: Path, target_folder: Path, want: int) -> None:
     if not isinstance(vocab, int) or vocab < want:
         raise ValueError(f"--draft-init {folder}: vocab_size {vocab} in config.json, the target's ({target_folder}) "
                          f"is {want}; distillation needs one vocabulary")
-    if not any((folder / n).exists() for n in ("tokenizer.json", "tokenizer.model")):
+    if not has_tokenizer(folder):
         return
     pair = VocabPair.build(Vocab(Tokenizer(folder).hf, (), vocab), Vocab(Tokenizer(target_folder).hf, (), want))
     if not (pair.same or pair.prefix):

@@ -2,8 +2,9 @@
 bytes, so a draft in int8 steps up to 2x and in int4 up to 4x faster than in bf16. The output cannot change: the
 target verifies every token; only α (how often the quantized draft still agrees) and c move.
 
-gpt-fast's schemes: int8 per output channel, symmetric (dequantized inside one fused kernel under torch.compile); int4 per group of ``group`` input channels, asymmetric (w = q·scale + min, q in 0..15), packed for aten's
-tinygemm kernel (``_weight_int4pack_mm``; its ``_for_cpu`` twin on a CPU).
+gpt-fast's schemes: int8 per output channel, symmetric (dequantized inside one fused kernel under torch.compile);
+int4 per group of ``group`` input channels, asymmetric (w = q·scale + min, q in 0..15), packed for aten's tinygemm
+kernel (``_weight_int4pack_mm``; its ``_for_cpu`` twin on a CPU).
 """
 
 from __future__ import annotations
