@@ -121,10 +121,11 @@ def spec_row(target, draft, prompt, cfg, ar_row, v1, v_of) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sections", default="ar,trees,hf", help="comma list of ar, trees, draftcost, batch, quant, "
-                    "distill, vsweep, hf")
+    ap.add_argument("--sections", default="ar,trees,hf", help="comma list of ar, trees, auto, draftcost, "
+                    "batch, quant, distill, vsweep, vall, hf")
     ap.add_argument("--kernel", action="store_true", help="ar's after: the Triton split-K attention (else: regional)")
     ap.add_argument("--vsweep", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64])
+    ap.add_argument("--vall-max", type=int, default=64, help="vall: v(T) for T = 2..this, one dynamic graph")
     ap.add_argument("--quant", nargs="+", default=list(QUANT), choices=list(QUANT), help="the quant section's drafts")
     ap.add_argument("--target-shape", default="vicuna-7b")
     ap.add_argument("--draft-shape", default="llama-68m")
@@ -245,6 +246,38 @@ def main() -> None:
                 break
             measure(t, False)
         write_profile()
+        save()
+
+    if "vall" in sections:
+        # v(T) for every T = 2..64 from one dynamic-length graph (compiled once, captured per T), against the static
+        # graphs measured above at the same lengths: the engine's static graphs cost one compile per T (13-21 s).
+        # The whole-model graph: a regional one does not compile with a symbolic length (torch 2.13's invoke_subgraph)
+        r["v_dynamic_ms"], regional, target.regional = {}, target.regional, False
+        try:
+            c0 = time.perf_counter()
+            fwd = torch.compile(target.forward, mode="reduce-overhead", fullgraph=True, dynamic=True)
+            torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit = None
+            for t in range(2, a.vall_max + 1):
+                ids = torch.randint(3, t_cfg.vocab_size, (1, t), device=dev)
+                times = []
+                for i in range(13):
+                    target.rollback(a.prompt_len)
+                    sync(dev)
+                    t1 = time.perf_counter()
+                    torch.compiler.cudagraph_mark_step_begin()
+                    fwd(ids=ids)
+                    sync(dev)
+                    if i >= 3:
+                        times.append(time.perf_counter() - t1)
+                r["v_dynamic_ms"][t] = 1e3 * statistics.median(times)
+            target.rollback(0)
+            r["v_dynamic_s"] = time.perf_counter() - c0
+            r["v_dynamic_over_static"] = {t: r["v_dynamic_ms"][t] / (1e3 * v[t]) for t in v if t in r["v_dynamic_ms"]}
+        except Exception as e:  # a benchmark of a compiler feature: record its failure, go on with the run
+            r["v_dynamic_error"] = f"{type(e).__name__}: {e}"[:2000]
+        target.regional = regional
+        print(json.dumps({k: r.get(k) for k in ("v_dynamic_ms", "v_dynamic_s", "v_dynamic_over_static",
+                                                 "v_dynamic_error")}), flush=True)
         save()
 
     if "trees" in sections or "auto" in sections:
