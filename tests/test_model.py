@@ -26,6 +26,21 @@ def test_prefill_decode_and_verify_after_rollback_match_hf(name):
         assert int(ours.length) == 24
 
 
+def test_cache_slots_round_up_to_aligned_rows_and_compute_the_same():
+    """setup_cache rounds its slots up to a multiple of 8 (16-byte rows of attention scores in bf16: cuBLAS's aligned
+    kernels); the extra slots are masked like any unused ones, so a step over 24 slots equals one over exactly 17."""
+    hf, ours = hf_pair("gqa")
+    ids = torch.randint(0, 96, (1, 17), generator=torch.Generator().manual_seed(2))
+    out = {}
+    with torch.no_grad():
+        for align in (8, 1):
+            ours.setup_cache(17, align=align)
+            out[align] = (ours.max_len, ours.model.layers[0].self_attn.kv_cache.k.shape[2],
+                          ours(ids=ids[:, :12]), ours(ids=ids[:, 12:]))
+    assert out[8][:2] == (24, 24) and out[1][:2] == (17, 17)
+    assert all((a - b).abs().max() < TOL for a, b in zip(out[8][2:], out[1][2:]))
+
+
 def test_inputs_embeds_equal_token_ids():
     hf, ours = hf_pair("gqa")
     ids = torch.randint(0, 96, (1, 10))

@@ -176,6 +176,21 @@ def test_planner_ignores_the_times_of_a_step_that_compiled():
         assert (shapes.count(None) > 5) == falls_back, timed
 
 
+def test_planner_charges_a_trees_own_cost_to_trees():
+    """A tree that accepts more than any chain but costs 3 ms per step beyond its verify forward (its bookkeeping)
+    loses to the chains; the same tree without that cost wins. The cost is the tree's: the target's scale, and so
+    the chains' and the target's predicted speeds, stay as measured."""
+    tree = TreeShape(8, 4, 2)
+    for extra, tree_wins in ((3e-3, False), (0.0, True)):
+        p = _planner(probe_every=32)
+        for shape in [TreeShape.chain(4), tree] * 3:  # both measured: the chain accepts 2 of 4, the tree all 4
+            accepted = shape.depth if shape == tree else 2
+            p.update(shape, shape.depth, accepted, shape.nodes, shape.depth * 1e-4, p.verify_s[shape.nodes] + extra * (shape == tree))
+        assert (p.next_shape() == tree) == tree_wins, extra
+        assert p._scale == pytest.approx(1.0)
+        assert p.predicted_speed(None) == pytest.approx(1 / p.verify_s[0])
+
+
 def test_planner_drafts_deep_when_everything_is_accepted():
     p = _planner(probe_every=32)
     shapes = [_step(p, True, 1e-4) for _ in range(20)]

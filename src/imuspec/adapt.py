@@ -137,7 +137,8 @@ class Planner:
     smooth: float = 0.8  # weight of the past in running means
     fallback: dict | None = None  # {"alpha", "c"} when it first chose the target alone
     verify_s: list[float] = field(init=False)
-    _scale: float = 1.0  # measured / profiled verify time (the machine's load now)
+    _scale: float = 1.0  # measured / profiled verify time of chains and the target alone (the machine's load now)
+    _extra_s: dict = field(default_factory=dict)  # width > 1 -> seconds a tree's step costs beyond v(nodes + 1)
     _draft_s: dict = field(default_factory=dict)  # width -> seconds per draft forward
     _depth: dict = field(default_factory=dict)  # shape -> running mean accepted depth
     _hits: dict = field(default_factory=dict)  # width -> [[reached, accepted] per depth]
@@ -173,7 +174,8 @@ class Planner:
         if shape is None:
             return 1 / self._v(1)
         draft_s = self._draft_s.get(shape.width, next(iter(self._draft_s.values()), 0.0))
-        return self.predicted_tau(shape) / (shape.depth * draft_s + self._v(shape.nodes + 1))
+        extra = self._extra_s.get(shape.width, 0.0)
+        return self.predicted_tau(shape) / (shape.depth * draft_s + self._v(shape.nodes + 1) + extra)
 
     def next_shape(self) -> TreeShape | None:
         if not self._draft_s:  # nothing measured yet: the cheapest shape measures α and c
@@ -194,14 +196,20 @@ class Planner:
     def update(self, shape: TreeShape | None, depth: int, accepted: int, nodes: int, draft_s: float,
                verify_s: float, timed: bool = True) -> None:
         """Record one step: its shape (None: target alone), drafted and accepted depth, nodes and phase times;
-        ``timed=False``: its times count nothing (the step compiled a new graph: on a GPU 15 s, not 5 ms)."""
+        ``timed=False``: its times count nothing (the step compiled a new graph: on a GPU 15 s, not 5 ms).
+        A tree's verify time also holds the tree's own work (its mask graph, moving the accepted path's cache slots):
+        that is its width's extra cost. Counted as the machine's load, it made every shape look dearer alike, which
+        favours the deepest."""
         a = self.smooth
-        if timed:
+        w = shape.width if shape is not None else 1
+        if timed and w == 1:
             self._scale = a * self._scale + (1 - a) * verify_s / self._profiled(nodes + 1)
+        elif timed:
+            extra = max(0.0, verify_s - self._v(nodes + 1))
+            self._extra_s[w] = a * self._extra_s[w] + (1 - a) * extra if w in self._extra_s else extra
         if shape is None:
             return
         self._idle = 0
-        w = shape.width
         per = draft_s / max(depth, 1)
         if w not in self._draft_s:  # a first draft time is needed to plan at all
             self._draft_s[w] = per
