@@ -94,9 +94,9 @@ def ar(target, prompt, n, repeats=3) -> dict:
 
 
 def spec_row(target, draft, prompt, cfg, ar_row, v1, v_of) -> dict:
-    # compile / capture first; "auto" may pick any of its shapes, so it warms up with the whole run
-    warm = cfg if cfg.tree == "auto" else replace(cfg, max_new_tokens=min(24, cfg.max_new_tokens))
-    generate(target, prompt, warm, draft, prompt)
+    # compile / capture first, with the whole run: "auto" may pick any of its shapes, and a short warm-up left a
+    # run's first row drafting at twice its cost (2026-12-02 run D: chain γ = 8, 2.99 against 1.48 ms per step)
+    generate(target, prompt, cfg, draft, prompt)
     g = generate(target, prompt, cfg, draft, prompt)
     s = g.stats
     ar_tps = ar_row["tokens_per_s_median"]
