@@ -185,7 +185,8 @@ def test_planner_charges_a_trees_own_cost_to_trees():
         p = _planner(probe_every=32)
         for shape in [TreeShape.chain(4), tree] * 3:  # both measured: the chain accepts 2 of 4, the tree all 4
             accepted = shape.depth if shape == tree else 2
-            p.update(shape, shape.depth, accepted, shape.nodes, shape.depth * 1e-4, p.verify_s[shape.nodes] + extra * (shape == tree))
+            verify_s = p.verify_s[shape.nodes] + (extra if shape == tree else 0.0)
+            p.update(shape, shape.depth, accepted, shape.nodes, shape.depth * 1e-4, verify_s)
         assert (p.next_shape() == tree) == tree_wins, extra
         assert p._scale == pytest.approx(1.0)
         assert p.predicted_speed(None) == pytest.approx(1 / p.verify_s[0])

